@@ -1,0 +1,282 @@
+"""Lightning callback that runs generative synthesis around any LightningModule.
+
+Timeline (in training epochs): ``prototype_epochs`` train the prototype φ, then each of ``cycles``
+cycles fine-tunes one generated candidate for ``epochs_per_cycle`` epochs. During the first
+``probe_batches`` batches of a phase's last epoch the inquisitor probes the network; after that
+epoch's validation the callback applies the gate, lets the inquisitor learn and emit Δθ_G, samples
+the next architecture from the generator and swaps it into the module (structurally smaller,
+weights inherited), re-creating the optimizers.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from gensynth_pl.export import ONNX_FILE, export_onnx, save_network
+from gensynth_pl.gates import Gate
+from gensynth_pl.generator import Generator
+from gensynth_pl.graph import Architecture, NetworkGraph
+from gensynth_pl.inquisitor import CycleOutcome, Inquisitor, Probe, ProbeResult
+from gensynth_pl.metrics import NetScoreUnits, NetworkReport, macs_per_module
+from gensynth_pl.report import SynthesisRecord, cycle_header, cycle_row, final_summary
+
+
+class GenerativeSynthesis(Callback):
+    """Generator-inquisitor synthesis of the network stored at ``pl_module.<network_attr>``.
+
+    The monitored gate metric must be logged at the end of every validation epoch (check_val_every_n_epoch=1).
+    """
+
+    def __init__(
+        self,
+        gate: Gate,
+        cycles: int = 6,
+        epochs_per_cycle: int = 1,
+        prototype_epochs: int = 2,
+        probe_batches: int = 16,
+        seed: int = 0,
+        temperature: float = 1.0,
+        min_channels: float = 0.1,
+        network_attr: str = "net",
+        inquisitor: Inquisitor | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        output_layers: list[str] | None = None,
+        removable_blocks: list[str] | None = None,
+        prototype_config: dict | None = None,
+        output_dir: str | Path | None = None,
+        task_name: str = "custom",
+        export_onnx: bool = True,
+        netscore_units: NetScoreUnits = NetScoreUnits(),
+    ) -> None:
+        for name, value, low in (
+            ("cycles", cycles, 1),
+            ("epochs_per_cycle", epochs_per_cycle, 1),
+            ("prototype_epochs", prototype_epochs, 1),
+            ("probe_batches", probe_batches, 1),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"synthesis.{name}={value!r} is invalid: it must be an integer >= {low}")
+        if temperature <= 0:
+            raise ValueError(f"synthesis.temperature={temperature} must be > 0")
+        if not 0 < min_channels <= 1:
+            raise ValueError(f"synthesis.min_channels={min_channels} must be a fraction in (0, 1]")
+        self.gate, self.cycles, self.epochs_per_cycle = gate, cycles, epochs_per_cycle
+        self.prototype_epochs, self.probe_batches, self.seed = prototype_epochs, probe_batches, seed
+        self.temperature, self.min_channels, self.network_attr = temperature, min_channels, network_attr
+        self.inquisitor = inquisitor or Inquisitor()
+        self.input_shape = tuple(input_shape) if input_shape else None
+        self.output_layers, self.removable_blocks = output_layers, removable_blocks
+        self.prototype_config = prototype_config
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.export_onnx, self.netscore_units = export_onnx, netscore_units
+        self.record = SynthesisRecord(task=task_name, gate=gate.to_dict())
+        self.graph: NetworkGraph | None = None
+        self.generator: Generator | None = None
+        self.candidate_arch: Architecture | None = None
+        self.candidate_seed: int | None = None
+        self.best_network: nn.Module | None = None
+        self.best_arch: Architecture | None = None
+        self._probe: Probe | None = None
+        self._probe_result: ProbeResult | None = None
+        self._phase_started = 0.0
+        self._best_unsaved = False
+
+    @property
+    def total_epochs(self) -> int:
+        return self.prototype_epochs + self.cycles * self.epochs_per_cycle
+
+    # --- schedule ----------------------------------------------------------------------------------
+    def _phase(self, epoch: int) -> int:
+        """0 while training the prototype, k during cycle k."""
+        if epoch < self.prototype_epochs:
+            return 0
+        return 1 + (epoch - self.prototype_epochs) // self.epochs_per_cycle
+
+    def _ends_phase(self, epoch: int) -> bool:
+        return self._phase(epoch + 1) != self._phase(epoch)
+
+    def _network(self, pl_module: L.LightningModule) -> nn.Module:
+        return getattr(pl_module, self.network_attr)
+
+    # --- Lightning hooks ---------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not isinstance(getattr(pl_module, self.network_attr, None), nn.Module):
+            raise AttributeError(
+                f"{type(pl_module).__name__} has no nn.Module attribute '{self.network_attr}': expose the network "
+                "to synthesise as an attribute and pass its name as network_attr"
+            )
+        if trainer.max_epochs is None or trainer.max_epochs < self.total_epochs:
+            raise ValueError(
+                f"trainer.max_epochs={trainer.max_epochs} is too small: {self.prototype_epochs} prototype epochs + "
+                f"{self.cycles} cycles x {self.epochs_per_cycle} epochs need max_epochs={self.total_epochs}"
+            )
+        if trainer.check_val_every_n_epoch != 1:
+            raise ValueError("the gate is checked after every epoch: set trainer.check_val_every_n_epoch=1")
+        if self.output_dir is not None and trainer.is_global_zero:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if epoch == 0 or self._ends_phase(epoch - 1):
+            self._phase_started = time.monotonic()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if self.graph is None:
+            network = self._network(pl_module)
+            self.input_shape = self.input_shape or _input_shape(batch)
+            self.graph = NetworkGraph.trace(network, self.input_shape, self.output_layers, self.removable_blocks)
+        if self._ends_phase(trainer.current_epoch) and batch_idx < self.probe_batches:
+            if self._probe is None:
+                arch = self.candidate_arch or self.graph.full_architecture()
+                self._probe = self.inquisitor.attach(self._network(pl_module), self.graph, arch)
+            self._probe.record_targets(batch)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self._probe is not None and batch_idx + 1 >= self.probe_batches:
+            self._finish_probe()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._probe is not None:
+            self._finish_probe()
+        epoch = trainer.current_epoch
+        if not self._ends_phase(epoch) or self._phase(epoch) > self.cycles:
+            return
+        metric = self._read_metric(trainer)
+        if self._phase(epoch) == 0:
+            self._conclude_prototype(trainer, pl_module, metric)
+        else:
+            self._conclude_cycle(trainer, pl_module, metric, self._phase(epoch))
+        if self._phase(epoch) < self.cycles:
+            self._generate_next(trainer, pl_module, self._phase(epoch) + 1)
+        self._save_progress(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.best_network is not None:  # leave the best passing network in the user's module
+            setattr(pl_module, self.network_attr, copy.deepcopy(self.best_network).to(pl_module.device))
+        if trainer.is_global_zero and self.record.prototype is not None:
+            if self.output_dir is not None and self.export_onnx and self.best_network is not None:
+                export_onnx(self.best_network, self.input_shape, self.output_dir / "best" / ONNX_FILE)
+            _print(trainer, final_summary(self.record))
+
+    # --- synthesis steps ---------------------------------------------------------------------------
+    def _finish_probe(self) -> None:
+        self._probe_result = self._probe.detach()
+        self._probe = None
+
+    def _read_metric(self, trainer: L.Trainer) -> float:
+        if self.gate.monitor not in trainer.callback_metrics:
+            raise KeyError(
+                f"gate metric '{self.gate.monitor}' was not logged; logged metrics: {sorted(trainer.callback_metrics)}. "
+                "Log it at the end of each validation epoch or set gate.monitor to one of these"
+            )
+        return float(trainer.callback_metrics[self.gate.monitor])
+
+    def _measure(self, network: nn.Module, metric: float, passed: bool) -> NetworkReport:
+        return NetworkReport.measure(network, self.input_shape, metric, passed, self.netscore_units)
+
+    def _conclude_prototype(self, trainer: L.Trainer, pl_module: L.LightningModule, metric: float) -> None:
+        network = self._network(pl_module)
+        self.gate.resolve(metric)
+        self.record.gate = self.gate.to_dict()
+        self.generator = Generator(network, self.graph, self.min_channels, self.prototype_config)
+        passed = self.gate.passes(metric)
+        report = self._measure(network, metric, passed)
+        self.record.prototype = report.to_dict()
+        if passed:
+            self._set_best(self.generator.parent, self.generator.parent_arch, report, cycle=0)
+        else:
+            rank_zero_warn(
+                f"the prototype itself fails the gate ({self.gate.describe()}, got {metric:.4f}): candidates are unlikely "
+                "to pass. Lower gate.threshold, make it relative, or train the prototype longer (synthesis.prototype_epochs)."
+            )
+        self._observe(self.generator.parent_arch)
+        _print(trainer, f"GenSynth: prototype {report.macs:,} MACs, {report.params:,} params; gate {self.gate.describe()}")
+        _print(trainer, cycle_header())
+
+    def _conclude_cycle(self, trainer: L.Trainer, pl_module: L.LightningModule, metric: float, cycle: int) -> None:
+        network, arch = self._network(pl_module), self.candidate_arch
+        passed = self.gate.passes(metric)
+        report = self._measure(network, metric, passed)
+        outcome = CycleOutcome(passed=passed, margin=self.gate.margin(metric) if passed else -1.0)
+        self.inquisitor.learn(outcome, self.generator.parent_arch, arch)
+        if passed:
+            self.generator.accept(arch, network)
+            self._observe(arch)
+            if self.best_network is None or report.netscore > self.record.best["netscore"]:
+                self._set_best(network, arch, report, cycle)
+        else:
+            self.generator.rollback()
+        entry = {
+            "cycle": cycle,
+            "seed": self.candidate_seed,
+            **{k: v for k, v in report.to_dict().items() if k != "information_density"},
+            "information_density": report.information_density,
+            "accepted": passed,
+            "step": self.inquisitor.step,
+            "seconds": round(time.monotonic() - self._phase_started, 2),
+            "widths": arch.widths(),
+            "removed_blocks": list(arch.removed_blocks),
+        }
+        self.record.cycles.append(entry)
+        _print(trainer, cycle_row(entry))
+
+    def _observe(self, arch: Architecture) -> None:
+        if self._probe_result is not None:
+            self.inquisitor.observe(self._probe_result, self.graph, arch)
+        self._probe_result = None
+
+    def _generate_next(self, trainer: L.Trainer, pl_module: L.LightningModule, cycle: int) -> None:
+        parent = self.generator.parent
+        macs = macs_per_module(parent, self.input_shape)
+        self.generator.update(self.inquisitor.propose(self.generator, macs, macs[""]))
+        seed = self.seed * 100_003 + cycle
+        arch = self.generator.sample(seed, self.temperature)
+        arch = trainer.strategy.broadcast(arch, src=0)  # every rank trains the same architecture
+        child = self.generator.build(arch).to(pl_module.device)
+        self.candidate_arch, self.candidate_seed = arch, seed
+        setattr(pl_module, self.network_attr, child)
+        trainer.strategy.setup_optimizers(trainer)
+
+    def _set_best(self, network: nn.Module, arch: Architecture, report: NetworkReport, cycle: int) -> None:
+        self.best_network = copy.deepcopy(network).cpu()
+        self.best_arch = arch
+        self.record.best, self.record.best_cycle = report.to_dict(), cycle
+        self._best_unsaved = True
+
+    def _save_progress(self, trainer: L.Trainer) -> None:
+        """Write everything learned so far, so an interrupted run loses nothing already decided."""
+        if self.output_dir is None or not trainer.is_global_zero:
+            return
+        self.record.write(self.output_dir / "summary.json")
+        self.generator.save(self.output_dir / "generator.pt", extra={"gate": self.gate.to_dict(), "task": self.record.task})
+        if self._best_unsaved:
+            save_network(self.output_dir / "best", self.best_network, self.best_arch, self.graph, self.prototype_config, self.record.best)
+            self._best_unsaved = False
+
+
+def _input_shape(batch) -> tuple[int, ...]:
+    if isinstance(batch, torch.Tensor):
+        return tuple(batch.shape[1:])
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return tuple(batch[0].shape[1:])
+    if isinstance(batch, dict):
+        for value in batch.values():
+            if isinstance(value, torch.Tensor):
+                return tuple(value.shape[1:])
+    raise ValueError("cannot infer the network's input shape from the batch; pass input_shape to GenerativeSynthesis")
+
+
+def _print(trainer: L.Trainer, text: str) -> None:
+    if not trainer.is_global_zero:
+        return
+    bar = trainer.progress_bar_callback
+    (bar.print if bar is not None and hasattr(bar, "print") else print)(text)

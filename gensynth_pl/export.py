@@ -1,0 +1,83 @@
+"""Save and reload generated networks as architecture spec + weights (timm-style), and ONNX export."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from gensynth_pl.graph import Architecture, NetworkGraph
+
+SPEC_FILE, WEIGHTS_FILE, ONNX_FILE = "architecture.json", "weights.pt", "network.onnx"
+
+
+def save_network(
+    directory: str | Path,
+    network: nn.Module,
+    arch: Architecture,
+    graph: NetworkGraph,
+    prototype_config: dict | None,
+    report: dict | None = None,
+) -> Path:
+    """Write ``architecture.json`` (spec, prototype recipe, input shape, report) and ``weights.pt``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "format": "gensynth-network/1",
+        "prototype": prototype_config,
+        "input_shape": list(graph.input_shape),
+        "output_layers": graph.output_layers,
+        "removable_blocks": graph.removable_blocks,
+        "architecture": arch.to_dict(),
+        "widths": arch.widths(),
+        "report": report or {},
+    }
+    (directory / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+    torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, directory / WEIGHTS_FILE)
+    return directory
+
+
+def load_network(directory: str | Path, prototype: nn.Module | None = None) -> nn.Module:
+    """Rebuild a saved network from its spec and weights.
+
+    The prototype is re-created from the recipe in the spec (a Hydra ``_target_`` config); networks of
+    a prototype without a recipe need that prototype passed in (its weights do not matter).
+    """
+    directory = Path(directory)
+    spec_path = directory / SPEC_FILE
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{spec_path} not found: pass the folder written by save_network (e.g. <run>/best)")
+    spec = json.loads(spec_path.read_text())
+    if prototype is None:
+        if not spec.get("prototype"):
+            raise ValueError(f"{spec_path} has no prototype recipe; pass the prototype module to load_network")
+        prototype = instantiate(spec["prototype"])
+    input_shape = tuple(spec["input_shape"])
+    graph = NetworkGraph.trace(prototype, input_shape, spec["output_layers"], spec["removable_blocks"])
+    arch = Architecture.from_dict(spec["architecture"])
+    network = graph.materialize(prototype, graph.full_architecture(), arch)
+    network.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    return network.eval()
+
+
+def export_onnx(network: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
+    """Export with a dynamic batch dimension (legacy TorchScript exporter: no extra tracing deps)."""
+    path = Path(path)
+    was_training = network.training
+    network.eval()
+    example = torch.zeros((1, *input_shape), device=next(network.parameters()).device)
+    try:
+        torch.onnx.export(
+            network,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            dynamo=False,
+        )
+    finally:
+        network.train(was_training)
+    return path

@@ -1,0 +1,178 @@
+"""The generator G(s; θ_G): keep-logits over the prototype's channels and removable blocks.
+
+``sample(seed)`` draws an architecture spec deterministically from θ_G; ``build(spec)`` materialises it
+as a physically smaller module that inherits the weights of the current parent network (the last
+accepted one) or, for specs the parent cannot provide, of the prototype.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from gensynth_pl.graph import Architecture, NetworkGraph
+
+KEEP_LOGIT = 20.0  # G_0 keeps every channel: a channel is dropped with probability sigmoid(-20) ~ 2e-9
+DROP_LOGIT = -20.0  # channels a parent no longer has
+
+
+@dataclass
+class GeneratorDelta:
+    """Δθ_G emitted by the inquisitor: additive changes to channel and block keep-logits."""
+
+    channels: dict[str, Tensor]
+    blocks: dict[str, float]
+
+
+class Generator:
+    """θ_G plus the networks it inherits weights from (the prototype φ and the current parent)."""
+
+    def __init__(
+        self,
+        prototype: nn.Module,
+        graph: NetworkGraph,
+        min_channels: float = 0.1,
+        prototype_config: dict | None = None,
+    ) -> None:
+        if not 0.0 < min_channels <= 1.0:
+            raise ValueError(f"min_channels={min_channels} must be a fraction in (0, 1]")
+        self.prototype = copy.deepcopy(prototype)
+        self.prototype_config = prototype_config
+        self.graph = graph
+        self.min_channels = min_channels
+        self.channel_logits = {g: torch.full((grp.size,), KEEP_LOGIT) for g, grp in self.graph.groups.items()}
+        self.block_logits = {b: KEEP_LOGIT for b in self.graph.removable_blocks}
+        self.parent_arch = self.graph.full_architecture()
+        self.parent: nn.Module = self.prototype
+        self._passing_logits = self._logits_copy()
+
+    @classmethod
+    def from_prototype(
+        cls,
+        prototype: nn.Module,
+        input_shape: tuple[int, ...],
+        output_layers: list[str] | None = None,
+        removable_blocks: list[str] | None = None,
+        min_channels: float = 0.1,
+        prototype_config: dict | None = None,
+    ) -> "Generator":
+        """G_0 for a prototype: traces its channel groups and keeps everything."""
+        graph = NetworkGraph.trace(prototype, input_shape, output_layers, removable_blocks)
+        return cls(prototype, graph, min_channels, prototype_config)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.graph.input_shape
+
+    def min_width(self, group_id: str) -> int:
+        return max(1, math.ceil(self.min_channels * self.graph.groups[group_id].size))
+
+    def sample(self, seed: int, temperature: float = 1.0) -> Architecture:
+        """Draw an architecture: unit u kept iff θ_u / T + logistic noise(seed) > 0 (Bernoulli(σ(θ/T)))."""
+        rng = torch.Generator().manual_seed(int(seed))
+        blocks = {b: _bernoulli_keep(torch.tensor([logit]), rng, temperature).item() for b, logit in self.block_logits.items()}
+        channels = {}
+        for group_id, logits in self.channel_logits.items():
+            keep = _bernoulli_keep(logits, rng, temperature)
+            need = self.min_width(group_id)
+            if int(keep.sum()) < need:  # never cut a group below its floor: keep its most likely channels
+                keep[torch.topk(logits, need).indices] = True
+            channels[group_id] = keep.nonzero().flatten().tolist()
+        return Architecture(channels, sorted(b for b, kept in blocks.items() if not kept))
+
+    def build(self, arch: Architecture) -> nn.Module:
+        """Materialise ``arch``, inheriting the parent's weights where it can, else the prototype's."""
+        if self.parent_arch.contains(arch):
+            return self.graph.materialize(self.parent, self.parent_arch, arch)
+        return self.graph.materialize(self.prototype, self.graph.full_architecture(), arch)
+
+    def update(self, delta: GeneratorDelta) -> None:
+        """G_{k+1} = G_k + Δθ_G."""
+        for group_id, change in delta.channels.items():
+            self.channel_logits[group_id] += change
+        for block, change in delta.blocks.items():
+            self.block_logits[block] += change
+
+    def accept(self, arch: Architecture, network: nn.Module) -> None:
+        """``network`` passed the gate: it becomes the parent and this θ_G the last passing generator."""
+        self.graph.check(arch)
+        self.parent_arch, self.parent = arch, network
+        self._passing_logits = self._logits_copy()
+
+    def rollback(self) -> None:
+        """Return θ_G to the last generator whose network passed the gate."""
+        self.channel_logits = {g: t.clone() for g, t in self._passing_logits[0].items()}
+        self.block_logits = dict(self._passing_logits[1])
+
+    def _logits_copy(self) -> tuple[dict[str, Tensor], dict[str, float]]:
+        return {g: t.clone() for g, t in self.channel_logits.items()}, dict(self.block_logits)
+
+    def state_dict(self) -> dict:
+        return {
+            "channel_logits": {g: t.clone() for g, t in self.channel_logits.items()},
+            "block_logits": dict(self.block_logits),
+            "passing_logits": self._passing_logits,
+            "parent_arch": self.parent_arch.to_dict(),
+            "parent_state": {k: v.detach().cpu().clone() for k, v in self.parent.state_dict().items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        parent_arch = Architecture.from_dict(state["parent_arch"])
+        self.graph.check(parent_arch)
+        if set(state["channel_logits"]) != set(self.channel_logits) or any(
+            state["channel_logits"][g].shape != t.shape for g, t in self.channel_logits.items()
+        ):
+            raise ValueError("generator state was learned on a different prototype (channel groups differ)")
+        parent = self.graph.materialize(self.prototype, self.graph.full_architecture(), parent_arch)
+        parent.load_state_dict(state["parent_state"])
+        self.channel_logits = {g: t.clone() for g, t in state["channel_logits"].items()}
+        self.block_logits = dict(state["block_logits"])
+        self._passing_logits = state["passing_logits"]
+        self.parent_arch, self.parent = parent_arch, parent
+
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        """Write a self-contained generator file: prototype, graph settings, θ_G, parent, and ``extra``."""
+        torch.save(
+            {
+                "format": "gensynth-generator/1",
+                "prototype": self.prototype,
+                "prototype_config": self.prototype_config,
+                "input_shape": self.input_shape,
+                "output_layers": self.graph.output_layers,
+                "removable_blocks": self.graph.removable_blocks,
+                "min_channels": self.min_channels,
+                "state": self.state_dict(),
+                "extra": extra or {},
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple["Generator", dict]:
+        """Load a generator file written by ``save``; returns the generator and the ``extra`` it was saved with."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"generator file {path} does not exist; point to the generator.pt of a finished run")
+        data = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(data, dict) or data.get("format") != "gensynth-generator/1":
+            raise ValueError(f"{path} is not a gensynth-pl generator file")
+        generator = cls.from_prototype(
+            data["prototype"],
+            data["input_shape"],
+            data["output_layers"],
+            data["removable_blocks"],
+            data["min_channels"],
+            data["prototype_config"],
+        )
+        generator.load_state_dict(data["state"])
+        return generator, data["extra"]
+
+
+def _bernoulli_keep(logits: Tensor, rng: torch.Generator, temperature: float) -> Tensor:
+    uniform = torch.rand(logits.shape, generator=rng).clamp(1e-7, 1 - 1e-7)
+    logistic_noise = torch.log(uniform) - torch.log1p(-uniform)
+    return logits / temperature + logistic_noise > 0

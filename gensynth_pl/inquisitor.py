@@ -1,0 +1,323 @@
+"""The inquisitor I(G; θ_I): probes a generated network, keeps insights across cycles, emits Δθ_G.
+
+Probing hooks the layers that produce each channel group. From the stimulus batches it observes the
+responses (spatially pooled activations) and their loss gradients and derives, per channel:
+  - loss sensitivity: first-order Taylor |Σ a · dL/da| (Molchanov et al. 2017),
+  - response entropy: a channel that barely varies carries little information,
+  - mutual information between the response and the class label (when targets are class labels),
+  - redundancy: the largest |correlation| with a sibling channel of the same group,
+and, from the outcome of each cycle, a per-group sensitivity and the compression step size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from gensynth_pl.generator import DROP_LOGIT, KEEP_LOGIT, Generator, GeneratorDelta
+from gensynth_pl.graph import PRUNABLE_TYPES, Architecture, ChannelGroup, NetworkGraph
+
+INSIGHTS = ("taylor", "entropy", "mutual_info", "redundancy")
+
+
+@dataclass
+class ProbeResult:
+    """What one probing pass observed, in the probed network's own channel order."""
+
+    taylor: dict[str, Tensor]
+    responses: dict[str, Tensor]
+    targets: Tensor | None
+    batches: int
+
+
+class Probe:
+    """Hooks on a network's channel producers; active between ``attach`` and ``detach``."""
+
+    def __init__(self, network: nn.Module, graph: NetworkGraph, arch: Architecture, max_responses: int) -> None:
+        self.max_responses = max_responses
+        self.taylor: dict[str, Tensor] = {}
+        self.responses: dict[str, list[Tensor]] = {}
+        self.targets: list[Tensor] = []
+        self.batches = 0
+        self._handles = []
+        modules = dict(network.named_modules())
+        for group in graph.groups.values():
+            if group.block in arch.removed_blocks:
+                continue
+            producers = [p for p in group.producers if p in modules]
+            norms = [p for p in producers if isinstance(modules[p], nn.modules.batchnorm._BatchNorm)]
+            layers = norms or [p for p in producers if isinstance(modules[p], PRUNABLE_TYPES)]
+            for index, name in enumerate(layers):
+                hook = self._make_hook(group.id, record_response=index == 0)
+                self._handles.append(modules[name].register_forward_hook(hook))
+
+    def _make_hook(self, group_id: str, record_response: bool):
+        def hook(module: nn.Module, inputs, output: Tensor) -> None:
+            if not torch.is_grad_enabled() or not isinstance(output, Tensor) or not output.requires_grad:
+                return
+            activation = output.detach().clone()  # an in-place activation may overwrite ``output`` later
+            spatial = tuple(range(2, activation.dim()))
+            if record_response and sum(len(r) for r in self.responses.get(group_id, [])) < self.max_responses:
+                pooled = activation.mean(dim=spatial) if spatial else activation
+                self.responses.setdefault(group_id, []).append(pooled.float().cpu())
+
+            def accumulate(grad: Tensor) -> None:
+                per_sample = (activation * grad).sum(dim=spatial) if spatial else activation * grad
+                value = per_sample.abs().sum(0).float().cpu()
+                self.taylor[group_id] = self.taylor.get(group_id, 0) + value
+
+            output.register_hook(accumulate)
+
+        return hook
+
+    def record_targets(self, batch: object) -> None:
+        """Keep image-level class labels (``(x, y)`` batches with integer ``y``) for mutual information."""
+        self.batches += 1
+        if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+            target = batch[1]
+            if isinstance(target, Tensor) and target.dim() == 1 and not target.is_floating_point():
+                self.targets.append(target.detach().cpu())
+
+    def detach(self) -> ProbeResult:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        responses = {g: torch.cat(r)[: self.max_responses] for g, r in self.responses.items()}
+        targets = torch.cat(self.targets) if self.targets else None
+        if targets is not None and responses and len(targets) != len(next(iter(responses.values()))):
+            targets = targets[: min(len(r) for r in responses.values())]
+            responses = {g: r[: len(targets)] for g, r in responses.items()}
+        batches = max(self.batches, 1)
+        return ProbeResult({g: t / batches for g, t in self.taylor.items()}, responses, targets, self.batches)
+
+
+@dataclass
+class CycleOutcome:
+    passed: bool
+    margin: float  # metric distance above (positive) or below (negative) the gate bound
+
+
+class Inquisitor:
+    """θ_I: insight estimates per prototype channel, per-group sensitivities and the step size."""
+
+    def __init__(
+        self,
+        step: float = 0.25,
+        min_step: float = 0.02,
+        max_step: float = 0.5,
+        growth: float = 1.5,
+        comfortable_margin: float = 0.01,
+        sharpness: float = 8.0,
+        memory: float = 0.5,
+        bins: int = 16,
+        max_responses: int = 2048,
+    ) -> None:
+        checks = {
+            "step": 0 < step < 1,
+            "min_step": 0 < min_step <= step,
+            "max_step": step <= max_step < 1,
+            "growth": growth >= 1,
+            "sharpness": sharpness > 0,
+            "memory": 0 <= memory < 1,
+            "bins": bins >= 2,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"inquisitor.{name}={locals()[name]} is invalid: need 0 < min_step <= step <= max_step < 1, "
+                    "growth >= 1, sharpness > 0, 0 <= memory < 1, bins >= 2"
+                )
+        self.step, self.min_step, self.max_step, self.growth = step, min_step, max_step, growth
+        self.comfortable_margin, self.sharpness, self.memory = comfortable_margin, sharpness, memory
+        self.bins, self.max_responses = bins, max_responses
+        self.insights: dict[str, dict[str, Tensor]] = {}
+        self.group_sensitivity: dict[str, float] = {}
+        self.block_sensitivity: dict[str, float] = {}
+
+    # --- probing -------------------------------------------------------------------------------
+    def attach(self, network: nn.Module, graph: NetworkGraph, arch: Architecture) -> Probe:
+        return Probe(network, graph, arch, self.max_responses)
+
+    def observe(self, result: ProbeResult, graph: NetworkGraph, arch: Architecture) -> None:
+        """Fold a probe of an accepted network into the insight estimates (prototype channel order)."""
+        for group_id, taylor in result.taylor.items():
+            kept = torch.tensor(arch.channels[group_id])
+            responses = result.responses.get(group_id)
+            values = {"taylor": taylor, "entropy": torch.zeros_like(taylor), "redundancy": torch.zeros_like(taylor)}
+            values["mutual_info"] = torch.zeros_like(taylor)
+            if responses is not None and len(responses) > 1:
+                values["entropy"], values["mutual_info"] = self._information(responses, result.targets)
+                values["redundancy"] = _redundancy(responses)
+            store = self.insights.setdefault(
+                group_id, {name: torch.zeros(graph.groups[group_id].size) for name in (*INSIGHTS, "seen")}
+            )
+            seen = store["seen"][kept] > 0
+            for name, value in values.items():
+                old = store[name][kept]
+                store[name][kept] = torch.where(seen, self.memory * old + (1 - self.memory) * value, value)
+            store["seen"][kept] = 1.0
+
+    def _information(self, responses: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Normalised response entropy and mutual information with the label, from binned responses."""
+        low, high = responses.min(0).values, responses.max(0).values
+        span = (high - low).clamp_min(1e-12)
+        bins = ((responses - low) / span * self.bins).long().clamp(0, self.bins - 1).T  # (C, N)
+        entropy = _entropy(bins, self.bins) / math.log(self.bins)
+        entropy = torch.where(high - low > 1e-6 * (high.abs() + 1), entropy, torch.zeros_like(entropy))
+        if targets is None:
+            return entropy, torch.zeros_like(entropy)
+        classes = targets.unique()
+        if len(classes) < 2:
+            return entropy, torch.zeros_like(entropy)
+        conditional = torch.zeros(bins.shape[0])
+        for label in classes:
+            mask = targets == label
+            conditional += mask.float().mean() * _entropy(bins[:, mask], self.bins)
+        raw_entropy = entropy * math.log(self.bins)
+        mutual_info = (raw_entropy - conditional).clamp_min(0) / math.log(min(self.bins, len(classes)))
+        return entropy, mutual_info
+
+    # --- learning from outcomes ----------------------------------------------------------------
+    def learn(self, outcome: CycleOutcome, parent_arch: Architecture, child_arch: Architecture) -> None:
+        """Adapt the step size and protect the groups/blocks that a failing candidate cut deepest."""
+        if outcome.passed:
+            if outcome.margin >= self.comfortable_margin:
+                self.step = min(self.max_step, self.step * self.growth)
+            for table in (self.group_sensitivity, self.block_sensitivity):
+                for key in table:
+                    table[key] = 1.0 + 0.8 * (table[key] - 1.0)
+            return
+        self.step = max(self.min_step, self.step / 2)
+        for group_id, kept in parent_arch.channels.items():
+            if kept and group_id in child_arch.channels:
+                cut = 1.0 - len(set(child_arch.channels[group_id]) & set(kept)) / len(kept)
+                self.group_sensitivity[group_id] = self.group_sensitivity.get(group_id, 1.0) * (1.0 + cut)
+        for block in set(child_arch.removed_blocks) - set(parent_arch.removed_blocks):
+            self.block_sensitivity[block] = self.block_sensitivity.get(block, 1.0) * 2.0
+
+    # --- Δθ_G ----------------------------------------------------------------------------------
+    def channel_importance(self, group_id: str, indices: list[int]) -> Tensor:
+        """Estimated information carried by the given prototype channels of a group (higher = keep)."""
+        store = self.insights.get(group_id)
+        if store is None:
+            return torch.ones(len(indices))
+        idx = torch.tensor(indices)
+        information = torch.maximum(store["entropy"][idx], store["mutual_info"][idx])
+        importance = store["taylor"][idx] * (0.5 + 0.5 * information) * (1.0 - 0.5 * store["redundancy"][idx])
+        return importance * self.group_sensitivity.get(group_id, 1.0)
+
+    def propose(self, generator: Generator, macs: dict[str, int], parent_macs: int) -> GeneratorDelta:
+        """Δθ_G that steers sampling to drop ~``step`` of the parent's MACs, lowest information-per-MAC first.
+
+        Target logits are θ_u = sharpness · ln(score_u / b), score = information per MAC; the threshold b
+        is set so that the MACs saved *in expectation under sampling* match the step.
+        """
+        graph, parent_arch = generator.graph, generator.parent_arch
+        modules = dict(generator.parent.named_modules())
+        live = [g for g in graph.groups.values() if g.block not in parent_arch.removed_blocks]
+        scores, costs, protected = {}, {}, {}
+        for group in live:
+            kept = parent_arch.channels[group.id]
+            costs[group.id] = _channel_cost(group, modules, macs)
+            scores[group.id] = self.channel_importance(group.id, kept).clamp_min(1e-30) / costs[group.id]
+            floor = min(generator.min_width(group.id), len(kept))  # the most informative channels always stay
+            protected[group.id] = torch.zeros(len(kept), dtype=torch.bool)
+            protected[group.id][torch.topk(scores[group.id], floor).indices] = True
+        block_scores = {}
+        for block in graph.removable_blocks:
+            if block not in parent_arch.removed_blocks and macs.get(block):
+                inner = [g for g in live if g.block == block]
+                importance = sum(float(self.channel_importance(g.id, parent_arch.channels[g.id]).sum()) for g in inner)
+                block_scores[block] = max(importance, 1e-30) * self.block_sensitivity.get(block, 1.0) / macs[block]
+
+        def expected_saving(log_threshold: float) -> float:
+            threshold = math.exp(log_threshold)
+            keep_block = {b: torch.sigmoid(self._logits(torch.tensor([s]), threshold))[0] for b, s in block_scores.items()}
+            saved = sum((1 - p) * macs[b] for b, p in keep_block.items())
+            for group in live:
+                drop = 1 - torch.sigmoid(self._logits(scores[group.id], threshold))
+                drop[protected[group.id]] = 0
+                saved += float(drop.sum()) * costs[group.id] * float(keep_block.get(group.block, 1.0))
+            return float(saved)
+
+        all_scores = torch.cat([*scores.values(), torch.tensor(list(block_scores.values()) or [1.0])]).log()
+        low, high = float(all_scores.min()) - 5.0, float(all_scores.max()) + 5.0
+        budget = self.step * parent_macs
+        for _ in range(40):  # bisection: expected saving grows with the threshold
+            middle = (low + high) / 2
+            low, high = (middle, high) if expected_saving(middle) < budget else (low, middle)
+        threshold = math.exp(high)
+
+        channel_delta = {}
+        for group_id, logits in generator.channel_logits.items():
+            target = torch.full_like(logits, DROP_LOGIT)
+            if group_id in scores:
+                kept = torch.tensor(parent_arch.channels[group_id])
+                target[kept] = torch.where(protected[group_id], KEEP_LOGIT, self._logits(scores[group_id], threshold))
+            channel_delta[group_id] = target - logits
+        block_delta = {}
+        for block, logit in generator.block_logits.items():
+            target = DROP_LOGIT
+            if block not in parent_arch.removed_blocks:
+                target = float(self._logits(torch.tensor([block_scores.get(block, math.inf)]), threshold)[0])
+            block_delta[block] = target - logit
+        return GeneratorDelta(channel_delta, block_delta)
+
+    def _logits(self, scores: Tensor, threshold: float) -> Tensor:
+        ratio = (scores / threshold).clamp_min(1e-30)
+        return (self.sharpness * torch.log(ratio)).clamp(DROP_LOGIT, KEEP_LOGIT)
+
+    # --- checkpointing -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "insights": {g: {k: v.clone() for k, v in s.items()} for g, s in self.insights.items()},
+            "group_sensitivity": dict(self.group_sensitivity),
+            "block_sensitivity": dict(self.block_sensitivity),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.insights = {g: {k: v.clone() for k, v in s.items()} for g, s in state["insights"].items()}
+        self.group_sensitivity = dict(state["group_sensitivity"])
+        self.block_sensitivity = dict(state["block_sensitivity"])
+
+
+def _entropy(bins: Tensor, num_bins: int) -> Tensor:
+    """Shannon entropy (nats) of each row of integer bin indices."""
+    counts = torch.zeros(bins.shape[0], num_bins).scatter_add_(1, bins, torch.ones_like(bins, dtype=torch.float))
+    p = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(1)
+
+
+def _redundancy(responses: Tensor) -> Tensor:
+    """Largest absolute correlation of each channel's response with another channel of its group."""
+    if responses.shape[1] < 2:
+        return torch.zeros(responses.shape[1])
+    centred = responses - responses.mean(0)
+    norm = centred.norm(dim=0).clamp_min(1e-12)
+    correlation = (centred.T @ centred) / (norm[:, None] * norm[None, :])
+    correlation.fill_diagonal_(0)
+    return correlation.abs().max(1).values.clamp(0, 1)
+
+
+def _channel_cost(group: ChannelGroup, modules: dict[str, nn.Module], macs: dict[str, int]) -> float:
+    """MACs that one channel of this group costs in the parent: its producers' and consumers' share."""
+    cost = 0.0
+    for name in group.producers:
+        module = modules.get(name)
+        if isinstance(module, PRUNABLE_TYPES):
+            cost += macs.get(name, 0) / _width(module, out=True)
+    for name in group.consumers:
+        module = modules.get(name)
+        if isinstance(module, PRUNABLE_TYPES):
+            cost += macs.get(name, 0) / _width(module, out=False)
+    return max(cost, 1.0)
+
+
+def _width(module: nn.Module, out: bool) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features if out else module.in_features
+    return module.out_channels if out else module.in_channels

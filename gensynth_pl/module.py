@@ -1,0 +1,48 @@
+"""The LightningModule that wraps a generated network; the synthesis callback swaps ``net`` each cycle."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+
+class SynthesisModule(L.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        task,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net, self.task = net, task
+        self.optimizer_factory = optimizer or (lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4))
+        self.scheduler_factory = scheduler
+        self.val_metrics = task.metrics().clone(prefix="val/")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        inputs, targets = batch
+        loss = self.task.loss(self.net(inputs), targets)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(inputs))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        inputs, targets = batch
+        outputs = self.net(inputs)
+        self.log("val/loss", self.task.loss(outputs, targets), batch_size=len(inputs))
+        self.val_metrics.update(outputs, targets)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.net.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}

@@ -1,0 +1,50 @@
+"""One synthesis run from a composed Hydra config: what ``train.py`` calls."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from gensynth_pl.callbacks import GenerativeSynthesis
+from gensynth_pl.module import SynthesisModule
+from gensynth_pl.report import SynthesisRecord
+
+
+def run_output_dir(cfg: DictConfig) -> Path:
+    """Hydra's job directory when run through Hydra, else ``cfg.output_dir``."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    if cfg.get("output_dir"):
+        return Path(cfg.output_dir)
+    raise ValueError("no output directory: run through train.py or set output_dir in the config")
+
+
+def synthesize(cfg: DictConfig) -> tuple[SynthesisRecord, GenerativeSynthesis]:
+    """Train the prototype, run the synthesis cycles, write the run directory; returns the record."""
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = run_output_dir(cfg)
+    datamodule = instantiate(cfg.data)
+    task = instantiate(cfg.task)
+    network = instantiate(cfg.model)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    module = SynthesisModule(network, task, instantiate(cfg.optimizer), scheduler)
+    synthesis: GenerativeSynthesis = instantiate(
+        cfg.synthesis,
+        gate=instantiate(cfg.gate),
+        output_dir=str(output_dir),
+        task_name=task.name,
+        input_shape=getattr(datamodule, "input_shape", None),
+    )
+    # set after instantiate: Hydra would otherwise instantiate the recipe's own _target_
+    synthesis.prototype_config = OmegaConf.to_container(cfg.model, resolve=True)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=synthesis.total_epochs, callbacks=[synthesis], logger=logger)
+    if logger:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    torch.set_float32_matmul_precision("high")
+    trainer.fit(module, datamodule=datamodule)
+    return synthesis.record, synthesis

@@ -1,0 +1,3 @@
+from gensynth_pl.tasks.classification import ClassificationTask
+
+__all__ = ["ClassificationTask"]

@@ -1,0 +1,16 @@
+"""Run generative synthesis: `python train.py [group=option ...] [key=value ...]` (see conf/)."""
+import hydra
+from omegaconf import DictConfig
+
+from gensynth_pl.pipeline import synthesize
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Returns the best passing network's NetScore (what a sweeper maximises); -inf if none passed."""
+    record, _ = synthesize(cfg)
+    return record.best["netscore"] if record.best else float("-inf")
+
+
+if __name__ == "__main__":
+    main()
