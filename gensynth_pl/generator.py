@@ -1,8 +1,8 @@
 """The generator G(s; θ_G): keep-logits over the prototype's channels and removable blocks.
 
 ``sample(seed)`` draws an architecture spec deterministically from θ_G; ``build(spec)`` materialises it
-as a physically smaller module that inherits the weights of the current parent network (the last
-accepted one) or, for specs the parent cannot provide, of the prototype.
+as a physically smaller module that inherits the weights of its nearest accepted ancestor: the
+generator keeps the lineage of accepted networks, from the prototype φ to the current parent.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class GeneratorDelta:
 
 
 class Generator:
-    """θ_G plus the networks it inherits weights from (the prototype φ and the current parent)."""
+    """θ_G plus the lineage of accepted networks it inherits weights from (φ first, the parent last)."""
 
     def __init__(
         self,
@@ -46,8 +46,7 @@ class Generator:
         self.min_channels = min_channels
         self.channel_logits = {g: torch.full((grp.size,), KEEP_LOGIT) for g, grp in self.graph.groups.items()}
         self.block_logits = {b: KEEP_LOGIT for b in self.graph.removable_blocks}
-        self.parent_arch = self.graph.full_architecture()
-        self.parent: nn.Module = self.prototype
+        self.lineage: list[tuple[Architecture, nn.Module]] = [(self.graph.full_architecture(), self.prototype)]
         self._passing_logits = self._logits_copy()
 
     @classmethod
@@ -68,6 +67,15 @@ class Generator:
     def input_shape(self) -> tuple[int, ...]:
         return self.graph.input_shape
 
+    @property
+    def parent(self) -> nn.Module:
+        """The last accepted network: the one the inquisitor probes and Δθ_G compresses further."""
+        return self.lineage[-1][1]
+
+    @property
+    def parent_arch(self) -> Architecture:
+        return self.lineage[-1][0]
+
     def min_width(self, group_id: str) -> int:
         return max(1, math.ceil(self.min_channels * self.graph.groups[group_id].size))
 
@@ -85,10 +93,9 @@ class Generator:
         return Architecture(channels, sorted(b for b, kept in blocks.items() if not kept))
 
     def build(self, arch: Architecture) -> nn.Module:
-        """Materialise ``arch``, inheriting the parent's weights where it can, else the prototype's."""
-        if self.parent_arch.contains(arch):
-            return self.graph.materialize(self.parent, self.parent_arch, arch)
-        return self.graph.materialize(self.prototype, self.graph.full_architecture(), arch)
+        """Materialise ``arch`` from the most recent accepted network that still has all its channels."""
+        source_arch, source = next((a, n) for a, n in reversed(self.lineage) if a.contains(arch))
+        return self.graph.materialize(source, source_arch, arch)
 
     def update(self, delta: GeneratorDelta) -> None:
         """G_{k+1} = G_k + Δθ_G."""
@@ -100,7 +107,7 @@ class Generator:
     def accept(self, arch: Architecture, network: nn.Module) -> None:
         """``network`` passed the gate: it becomes the parent and this θ_G the last passing generator."""
         self.graph.check(arch)
-        self.parent_arch, self.parent = arch, network
+        self.lineage.append((arch, network))
         self._passing_logits = self._logits_copy()
 
     def rollback(self) -> None:
@@ -116,26 +123,31 @@ class Generator:
             "channel_logits": {g: t.clone() for g, t in self.channel_logits.items()},
             "block_logits": dict(self.block_logits),
             "passing_logits": self._passing_logits,
-            "parent_arch": self.parent_arch.to_dict(),
-            "parent_state": {k: v.detach().cpu().clone() for k, v in self.parent.state_dict().items()},
+            "lineage": [
+                (arch.to_dict(), {k: v.detach().cpu().clone() for k, v in network.state_dict().items()})
+                for arch, network in self.lineage
+            ],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        parent_arch = Architecture.from_dict(state["parent_arch"])
-        self.graph.check(parent_arch)
         if set(state["channel_logits"]) != set(self.channel_logits) or any(
             state["channel_logits"][g].shape != t.shape for g, t in self.channel_logits.items()
         ):
             raise ValueError("generator state was learned on a different prototype (channel groups differ)")
-        parent = self.graph.materialize(self.prototype, self.graph.full_architecture(), parent_arch)
-        parent.load_state_dict(state["parent_state"])
+        lineage = []
+        for arch_dict, weights in state["lineage"]:
+            arch = Architecture.from_dict(arch_dict)
+            network = self.graph.materialize(self.prototype, self.graph.full_architecture(), arch)
+            network.load_state_dict(weights)
+            lineage.append((arch, network))
+        self.prototype = lineage[0][1]
         self.channel_logits = {g: t.clone() for g, t in state["channel_logits"].items()}
         self.block_logits = dict(state["block_logits"])
         self._passing_logits = state["passing_logits"]
-        self.parent_arch, self.parent = parent_arch, parent
+        self.lineage = lineage
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
-        """Write a self-contained generator file: prototype, graph settings, θ_G, parent, and ``extra``."""
+        """Write a self-contained generator file: prototype, graph settings, θ_G, lineage, and ``extra``."""
         torch.save(
             {
                 "format": "gensynth-generator/1",

@@ -1,0 +1,61 @@
+"""Many networks from one learned generator: sample N seeds, fine-tune each briefly, gate each."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from gensynth_pl.export import save_network
+from gensynth_pl.gates import Gate
+from gensynth_pl.generator import Generator
+from gensynth_pl.metrics import NetworkReport
+from gensynth_pl.module import SynthesisModule
+
+
+def gate_from_record(gate: dict) -> Gate:
+    """The resolved (absolute) gate a run recorded in its generator file / summary.json."""
+    return Gate(gate["metric"], gate["threshold"], relative=False, higher_is_better=gate.get("higher_is_better", True))
+
+
+def sample_networks(
+    generator_path: str | Path,
+    datamodule: L.LightningDataModule,
+    task,
+    seeds: Iterable[int],
+    finetune_epochs: int = 1,
+    optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+    temperature: float = 1.0,
+    output_dir: str | Path | None = None,
+    trainer_kwargs: dict | None = None,
+) -> list[dict]:
+    """One row per seed: seed, params, MACs, metric, whether it passes the run's gate, widths.
+
+    Each network inherits weights from its nearest accepted ancestor in the generator's lineage and is
+    fine-tuned for ``finetune_epochs`` (0: evaluate as built). With ``output_dir`` every network is
+    saved under ``<output_dir>/seed_<seed>`` (spec + weights).
+    """
+    if finetune_epochs < 0:
+        raise ValueError(f"finetune_epochs={finetune_epochs} must be >= 0")
+    generator, extra = Generator.load(generator_path)
+    if "gate" not in extra:
+        raise ValueError(f"{generator_path} records no gate; it was not written by a synthesis run")
+    gate = gate_from_record(extra["gate"])
+    settings = dict(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    settings.update(trainer_kwargs or {})
+    rows = []
+    for seed in seeds:
+        arch = generator.sample(int(seed), temperature)
+        module = SynthesisModule(generator.build(arch), task, optimizer)
+        trainer = L.Trainer(max_epochs=finetune_epochs, **settings)
+        if finetune_epochs > 0:
+            trainer.fit(module, datamodule=datamodule)
+        metric = float(trainer.validate(module, datamodule=datamodule, verbose=False)[0][gate.monitor])
+        report = NetworkReport.measure(module.net, generator.input_shape, metric, gate.passes(metric))
+        rows.append({"seed": int(seed), **report.to_dict(), "widths": arch.widths(), "removed_blocks": arch.removed_blocks})
+        if output_dir is not None:
+            save_network(Path(output_dir) / f"seed_{seed}", module.net, arch, generator.graph, generator.prototype_config, rows[-1])
+    return rows

@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from gensynth_pl.generator import Generator
+from gensynth_pl.graph import Architecture, NetworkGraph
+from gensynth_pl.inquisitor import Inquisitor
+from gensynth_pl.metrics import count_macs, macs_per_module
+from gensynth_pl.models import cifar_resnet
+
+from conftest import TINY_SHAPE
+
+
+def learned_generator(prototype, step: float = 0.4) -> Generator:
+    """A generator after one Δθ_G from an inquisitor with (seeded) random insights."""
+    generator = Generator.from_prototype(prototype, TINY_SHAPE)
+    inquisitor = Inquisitor(step=step)
+    torch.manual_seed(1)
+    for group_id, group in generator.graph.groups.items():
+        inquisitor.insights[group_id] = {k: torch.rand(group.size) for k in ("taylor", "entropy", "mutual_info", "redundancy")}
+        inquisitor.insights[group_id]["seen"] = torch.ones(group.size)
+    macs = macs_per_module(generator.parent, TINY_SHAPE)
+    generator.update(inquisitor.propose(generator, macs, macs[""]))
+    return generator
+
+
+def test_graph_finds_coupled_groups_and_removable_blocks(tiny_resnet):
+    graph = NetworkGraph.trace(tiny_resnet, TINY_SHAPE)
+    assert graph.output_layers == ["fc"]
+    assert graph.removable_blocks == ["layer1.0"]  # only identity-shortcut blocks can be dropped whole
+    stem = graph.groups["conv1"]  # the stage-1 residual stream couples the stem and the block's conv2
+    assert {"conv1", "layer1.0.conv2"} <= set(stem.producers) and "layer1.0.conv1" in stem.consumers
+    deeper = NetworkGraph.trace(cifar_resnet(depth=14, width=8), TINY_SHAPE)
+    assert deeper.removable_blocks == ["layer1.0", "layer1.1", "layer2.1", "layer3.1"]
+    assert deeper.groups["layer2.1.conv1"].block == "layer2.1"
+
+
+def test_initial_generator_reproduces_the_prototype(tiny_resnet):
+    generator = Generator.from_prototype(tiny_resnet, TINY_SHAPE)
+    arch = generator.sample(seed=123)
+    assert arch == generator.graph.full_architecture()
+    x = torch.randn(2, *TINY_SHAPE)
+    tiny_resnet.eval()
+    assert torch.equal(generator.build(arch).eval()(x), tiny_resnet(x))
+
+
+def test_build_of_sample_is_deterministic_per_seed():
+    generator = learned_generator(cifar_resnet(depth=14, width=8))
+    a, b = generator.sample(7), generator.sample(7)
+    assert a == b
+    first, second = generator.build(a), generator.build(b)
+    assert all(torch.equal(x, y) for x, y in zip(first.state_dict().values(), second.state_dict().values()))
+    archs = {str(generator.sample(seed).to_dict()) for seed in range(6)}
+    assert len(archs) > 1  # different seeds, different networks
+    assert count_macs(first, TINY_SHAPE) < count_macs(generator.prototype, TINY_SHAPE)
+
+
+def test_lineage_inheritance_equals_direct_materialisation():
+    generator = learned_generator(cifar_resnet(depth=14, width=8), step=0.3)
+    parent_arch = generator.sample(0)
+    generator.accept(parent_arch, generator.build(parent_arch))
+    child_arch = Architecture(
+        {g: kept[: max(1, len(kept) // 2)] for g, kept in parent_arch.channels.items()},
+        sorted({*parent_arch.removed_blocks, "layer3.1"}),
+    )
+    via_parent = generator.build(child_arch)
+    direct = generator.graph.materialize(generator.prototype, generator.graph.full_architecture(), child_arch)
+    assert via_parent.state_dict().keys() == direct.state_dict().keys()
+    assert all(torch.equal(via_parent.state_dict()[k], direct.state_dict()[k]) for k in direct.state_dict())
+
+
+def test_generator_file_round_trip_and_wrong_prototype(tmp_path):
+    generator = learned_generator(cifar_resnet(depth=14, width=8))
+    generator.accept(generator.sample(3), generator.build(generator.sample(3)))
+    generator.save(tmp_path / "generator.pt", extra={"note": "x"})
+    loaded, extra = Generator.load(tmp_path / "generator.pt")
+    assert extra == {"note": "x"} and loaded.sample(11) == generator.sample(11)
+    assert loaded.parent_arch == generator.parent_arch
+
+    other = Generator.from_prototype(cifar_resnet(depth=14, width=4), TINY_SHAPE)
+    with pytest.raises(ValueError, match="another prototype|different prototype|outside"):
+        other.load_state_dict(generator.state_dict())
+    with pytest.raises(FileNotFoundError, match="generator.pt"):
+        Generator.load(tmp_path / "missing" / "generator.pt")

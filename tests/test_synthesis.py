@@ -1,0 +1,151 @@
+"""The callback end to end on generated data: our own module, a user's module, and the gate."""
+import json
+
+import lightning as L
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from gensynth_pl import Gate, GenerativeSynthesis, Inquisitor, SynthesisModule, count_macs, load_network
+from gensynth_pl.data import SyntheticDataModule
+from gensynth_pl.models import cifar_resnet
+from gensynth_pl.sampling import sample_networks
+from gensynth_pl.tasks import ClassificationTask
+
+from conftest import TINY_SHAPE, quiet_trainer
+
+
+def tiny_callback(gate: Gate, **kwargs) -> GenerativeSynthesis:
+    settings = dict(cycles=2, epochs_per_cycle=1, prototype_epochs=1, probe_batches=3, inquisitor=Inquisitor(step=0.4))
+    settings.update(kwargs)
+    return GenerativeSynthesis(gate, **settings)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A real (tiny) synthesis run whose gate accepts every candidate within 100 points of φ."""
+    out = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    data = SyntheticDataModule(num_classes=4, image_size=16, train_size=256, val_size=128, noise=0.5, batch_size=32)
+    module = SynthesisModule(cifar_resnet(depth=14, width=8, num_classes=4), ClassificationTask(4))
+    callback = tiny_callback(Gate("val/acc", 1.0, relative=True), output_dir=out, prototype_config={
+        "_target_": "gensynth_pl.models.cifar_resnet", "depth": 14, "width": 8, "num_classes": 4})
+    quiet_trainer(callback.total_epochs, [callback]).fit(module, datamodule=data)
+    return out, callback, module, data
+
+
+def test_run_writes_the_output_contract_and_shrinks_the_network(finished_run):
+    out, callback, module, _ = finished_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "custom" and summary["gate"]["metric"] == "val/acc"
+    for key in ("params", "macs", "metric", "netscore", "information_density", "gate_passed"):
+        assert key in summary["prototype"] and key in summary["best"]
+    assert [c["cycle"] for c in summary["cycles"]] == [1, 2]
+    for cycle in summary["cycles"]:
+        assert {"cycle", "seed", "params", "macs", "metric", "netscore", "gate_passed", "accepted", "seconds"} <= set(cycle)
+        assert cycle["accepted"] and cycle["macs"] < summary["prototype"]["macs"]
+    assert summary["cycles"][1]["macs"] < summary["cycles"][0]["macs"]  # each cycle compresses its parent further
+    assert summary["best"]["macs"] < summary["prototype"]["macs"]
+    assert count_macs(module.net, TINY_SHAPE) == summary["best"]["macs"]  # the best network is left in the module
+    assert (out / "generator.pt").is_file() and (out / "best" / "network.onnx").is_file()
+
+
+def test_best_network_reloads_from_spec_and_weights_with_identical_outputs(finished_run):
+    out, callback, _, _ = finished_run
+    reloaded = load_network(out / "best")
+    x = torch.randn(4, *TINY_SHAPE)
+    expected = callback.best_network.eval()(x)
+    assert torch.equal(reloaded(x), expected)
+    onnx_out = ort.InferenceSession(str(out / "best" / "network.onnx")).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(onnx_out, expected.detach().numpy(), atol=1e-4)
+
+
+def test_learned_generator_samples_and_gates_many_networks(finished_run, tmp_path):
+    out, _, _, data = finished_run
+    rows = sample_networks(out / "generator.pt", data, ClassificationTask(4), seeds=[0, 1, 2], finetune_epochs=1, output_dir=tmp_path)
+    assert [r["seed"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert row["macs"] > 0 and 0.0 <= row["metric"] <= 1.0 and isinstance(row["gate_passed"], bool)
+        assert (tmp_path / f"seed_{row['seed']}" / "weights.pt").is_file()
+    assert len({json.dumps(r["widths"], sort_keys=True) for r in rows}) > 1
+
+
+class MacsGatedModule(SynthesisModule):
+    """Logs val/full_size = 1 only for a network as large as the prototype: every candidate must fail."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__(net, ClassificationTask(4))
+        self.prototype_macs = count_macs(net, TINY_SHAPE)
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self.log("val/full_size", float(count_macs(self.net, TINY_SHAPE) >= self.prototype_macs))
+
+
+def test_gate_blocks_failing_candidates_and_the_inquisitor_rolls_back(tiny_data):
+    module = MacsGatedModule(cifar_resnet(depth=8, width=8, num_classes=4))
+    callback = tiny_callback(Gate("val/full_size", 0.5, relative=False), cycles=3)
+    quiet_trainer(callback.total_epochs, [callback]).fit(module, datamodule=tiny_data)
+    record = callback.record
+    assert record.prototype["gate_passed"] and record.best_cycle == 0
+    assert all(not c["gate_passed"] and not c["accepted"] for c in record.cycles)
+    assert callback.inquisitor.step == pytest.approx(0.4 / 2**3)  # halved after each failure
+    generator = callback.generator
+    assert len(generator.lineage) == 1  # nothing but the prototype was ever accepted
+    passing_logits, _ = generator._passing_logits
+    assert all(torch.equal(generator.channel_logits[g], passing_logits[g]) for g in passing_logits)
+    assert count_macs(module.net, TINY_SHAPE) == module.prototype_macs  # the user keeps the passing prototype
+
+
+class UserModule(L.LightningModule):
+    """A user's own module: the network lives in ``backbone`` and knows nothing about gensynth-pl."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4),
+        )
+        self.accuracy = MulticlassAccuracy(4, average="micro")
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.backbone(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.accuracy(self.backbone(x), y)
+        self.log("val_acc", self.accuracy)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+def test_plug_in_callbacks_synthesise_a_users_own_module(tiny_data):
+    module = UserModule()
+    before = count_macs(module.backbone, TINY_SHAPE)
+    callback = tiny_callback(Gate("val_acc", 1.0, relative=True), network_attr="backbone")
+    quiet_trainer(callback.total_epochs, [callback]).fit(module, datamodule=tiny_data)
+    assert len(callback.record.cycles) == 2 and callback.graph.output_layers == ["8"]
+    assert count_macs(module.backbone, TINY_SHAPE) < before
+    assert module.backbone[-1].out_features == 4  # the classifier's outputs are never pruned
+    assert module.backbone(torch.randn(2, *TINY_SHAPE)).shape == (2, 4)
+
+
+def test_misconfigured_synthesis_fails_before_training_with_the_fix(tiny_data):
+    with pytest.raises(ValueError, match=r"synthesis.cycles=0"):
+        GenerativeSynthesis(Gate(), cycles=0)
+    callback = tiny_callback(Gate(), network_attr="backbone")
+    with pytest.raises(ValueError, match=r"max_epochs=4"):
+        quiet_trainer(2, [callback]).fit(UserModule(), datamodule=tiny_data)
+    with pytest.raises(AttributeError, match="network_attr"):
+        quiet_trainer(callback.total_epochs, [tiny_callback(Gate(), network_attr="net")]).fit(UserModule(), datamodule=tiny_data)
+    with pytest.raises(KeyError, match="gate.monitor"):
+        quiet_trainer(callback.total_epochs, [tiny_callback(Gate("val/acc"), network_attr="backbone")]).fit(
+            UserModule(), datamodule=tiny_data
+        )
