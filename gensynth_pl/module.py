@@ -2,17 +2,33 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torchmetrics import MetricCollection
+
+
+class Task(Protocol):
+    """What a task plugs into the module: its loss and its torchmetrics (the gate reads one of them)."""
+
+    name: str
+
+    def loss(self, outputs: Any, targets: Any) -> Tensor: ...
+
+    def metrics(self) -> MetricCollection:
+        """Validation metrics, logged as ``val/<name>``."""
+
+    def metric_inputs(self, outputs: Any, targets: Any) -> tuple:
+        """The arguments of ``metrics().update`` (e.g. decoded boxes for detection)."""
 
 
 class SynthesisModule(L.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        task,
+        task: Task,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
     ) -> None:
@@ -35,7 +51,7 @@ class SynthesisModule(L.LightningModule):
         inputs, targets = batch
         outputs = self.net(inputs)
         self.log("val/loss", self.task.loss(outputs, targets), batch_size=len(inputs))
-        self.val_metrics.update(outputs, targets)
+        self.val_metrics.update(*self.task.metric_inputs(outputs, targets))
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True)

@@ -18,6 +18,9 @@ class ClassificationTask:
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
 
+    def metric_inputs(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        return outputs, targets
+
     def metrics(self) -> MetricCollection:
         """Logged as ``val/<name>``; ``acc`` is micro-averaged top-1 accuracy (the fraction correct)."""
         return MetricCollection(
