@@ -5,17 +5,20 @@ cycles fine-tunes one generated candidate for ``epochs_per_cycle`` epochs. Durin
 ``probe_batches`` batches of a phase's last epoch the inquisitor probes the network; after that
 epoch's validation the callback applies the gate, lets the inquisitor learn and emit Δθ_G, samples
 the next architecture from the generator and swaps it into the module (structurally smaller,
-weights inherited), re-creating the optimizers.
+weights inherited), re-creating the optimizers (and the DDP wrapper).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
@@ -32,6 +35,7 @@ class GenerativeSynthesis(Callback):
     """Generator-inquisitor synthesis of the network stored at ``pl_module.<network_attr>``.
 
     The monitored gate metric must be logged at the end of every validation epoch (check_val_every_n_epoch=1).
+    With ``output_dir`` the run directory (summary.json, generator.pt, best/) is rewritten after every cycle.
     """
 
     def __init__(
@@ -85,8 +89,11 @@ class GenerativeSynthesis(Callback):
         self.best_arch: Architecture | None = None
         self._probe: Probe | None = None
         self._probe_result: ProbeResult | None = None
+        self._diverged = False
         self._phase_started = 0.0
         self._best_unsaved = False
+        self._restored = False
+        self._resume_hook = None
 
     @property
     def total_epochs(self) -> int:
@@ -122,12 +129,29 @@ class GenerativeSynthesis(Callback):
         if trainer.check_val_every_n_epoch != 1:
             raise ValueError("the gate is checked after every epoch: set trainer.check_val_every_n_epoch=1")
         if self.output_dir is not None and trainer.is_global_zero:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            _check_writable(self.output_dir)
+        if self._resume_hook is None:
+            self._resume_hook = pl_module.register_load_state_dict_pre_hook(self._make_resume_hook(trainer, pl_module))
+
+    def _make_resume_hook(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        """On resume Lightning loads the module's weights before any callback state, so reshape the network
+        to the checkpointed candidate just before its weights are copied in."""
+
+        def hook(module, state_dict, prefix, *args) -> None:
+            if self._restored or not trainer.ckpt_path:
+                return
+            checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=False)
+            state = checkpoint.get("callbacks", {}).get(self.state_key)
+            if state:
+                self._restore(state, pl_module)
+
+        return hook
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if epoch == 0 or self._ends_phase(epoch - 1):
+        if epoch == 0 or self._ends_phase(epoch - 1) or not self._phase_started:
             self._phase_started = time.monotonic()
+            self._diverged = False
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if self.graph is None:
@@ -141,6 +165,9 @@ class GenerativeSynthesis(Callback):
             self._probe.record_targets(batch)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all():
+            self._diverged = True
         if self._probe is not None and batch_idx + 1 >= self.probe_batches:
             self._finish_probe()
 
@@ -160,12 +187,58 @@ class GenerativeSynthesis(Callback):
         self._save_progress(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.best_network is not None:  # leave the best passing network in the user's module
-            setattr(pl_module, self.network_attr, copy.deepcopy(self.best_network).to(pl_module.device))
-        if trainer.is_global_zero and self.record.prototype is not None:
-            if self.output_dir is not None and self.export_onnx and self.best_network is not None:
+        if self.best_network is None:
+            return
+        setattr(pl_module, self.network_attr, copy.deepcopy(self.best_network).to(pl_module.device))
+        if trainer.is_global_zero:
+            if self.output_dir is not None and self.export_onnx:
                 export_onnx(self.best_network, self.input_shape, self.output_dir / "best" / ONNX_FILE)
             _print(trainer, final_summary(self.record))
+
+    # --- checkpointing -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        if self.generator is None:
+            return {}
+        return {
+            "input_shape": list(self.input_shape),
+            "output_layers": self.graph.output_layers,
+            "removable_blocks": self.graph.removable_blocks,
+            "generator": self.generator.state_dict(),
+            "inquisitor": self.inquisitor.state_dict(),
+            "gate": {"bound": self.gate.bound, "prototype_metric": self.gate.prototype_metric},
+            "record": dataclasses.asdict(self.record),
+            "candidate": None if self.candidate_arch is None else self.candidate_arch.to_dict(),
+            "candidate_seed": self.candidate_seed,
+            "best_arch": self.best_arch.to_dict(),
+            "best_weights": {k: v.detach().cpu().clone() for k, v in self.best_network.state_dict().items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Lightning calls this after loading the model's weights, too late to reshape the network: the
+        resume hook has already restored this state from ``trainer.ckpt_path`` (see ``_restore``)."""
+        if state and not self._restored:
+            raise RuntimeError("GenerativeSynthesis resumes only through trainer.fit(..., ckpt_path=...)")
+
+    def _restore(self, state: dict, pl_module: L.LightningModule) -> None:
+        """Rebuild generator, inquisitor, gate and history, and shape the module's network as checkpointed."""
+        prototype = self._network(pl_module)  # freshly constructed: the prototype's architecture
+        self.input_shape = tuple(state["input_shape"])
+        self.graph = NetworkGraph.trace(prototype, self.input_shape, state["output_layers"], state["removable_blocks"])
+        self.generator = Generator(prototype, self.graph, self.min_channels, self.prototype_config)
+        self.generator.load_state_dict(state["generator"])
+        self.inquisitor.load_state_dict(state["inquisitor"])
+        self.gate.bound, self.gate.prototype_metric = state["gate"]["bound"], state["gate"]["prototype_metric"]
+        self.record = SynthesisRecord(**state["record"])
+        self.candidate_seed = state["candidate_seed"]
+        full = self.graph.full_architecture()
+        self.best_arch = Architecture.from_dict(state["best_arch"])
+        self.best_network = self.graph.materialize(self.generator.prototype, full, self.best_arch)
+        self.best_network.load_state_dict(state["best_weights"])
+        if state["candidate"]:  # Lightning loads the candidate's weights right after setup
+            self.candidate_arch = Architecture.from_dict(state["candidate"])
+            candidate = self.graph.materialize(self.generator.prototype, full, self.candidate_arch)
+            setattr(pl_module, self.network_attr, candidate.to(pl_module.device))
+        self._restored = True
 
     # --- synthesis steps ---------------------------------------------------------------------------
     def _finish_probe(self) -> None:
@@ -178,49 +251,55 @@ class GenerativeSynthesis(Callback):
                 f"gate metric '{self.gate.monitor}' was not logged; logged metrics: {sorted(trainer.callback_metrics)}. "
                 "Log it at the end of each validation epoch or set gate.monitor to one of these"
             )
-        return float(trainer.callback_metrics[self.gate.monitor])
+        metric = float(trainer.callback_metrics[self.gate.monitor])
+        return math.nan if self._diverged else metric
 
     def _measure(self, network: nn.Module, metric: float, passed: bool) -> NetworkReport:
         return NetworkReport.measure(network, self.input_shape, metric, passed, self.netscore_units)
 
     def _conclude_prototype(self, trainer: L.Trainer, pl_module: L.LightningModule, metric: float) -> None:
         network = self._network(pl_module)
+        if not math.isfinite(metric):
+            raise FloatingPointError(
+                f"the prototype's training diverged ({self.gate.monitor}={metric}, non-finite loss); "
+                "lower optimizer.lr or check the data for NaN/inf values"
+            )
         self.gate.resolve(metric)
         self.record.gate = self.gate.to_dict()
         self.generator = Generator(network, self.graph, self.min_channels, self.prototype_config)
         passed = self.gate.passes(metric)
         report = self._measure(network, metric, passed)
         self.record.prototype = report.to_dict()
-        if passed:
-            self._set_best(self.generator.parent, self.generator.parent_arch, report, cycle=0)
-        else:
+        self._set_best(self.generator.parent, self.generator.parent_arch, report, cycle=0)
+        if not passed:
             rank_zero_warn(
                 f"the prototype itself fails the gate ({self.gate.describe()}, got {metric:.4f}): candidates are unlikely "
                 "to pass. Lower gate.threshold, make it relative, or train the prototype longer (synthesis.prototype_epochs)."
             )
-        self._observe(self.generator.parent_arch)
+        self._observe(trainer, self.generator.parent_arch)
         _print(trainer, f"GenSynth: prototype {report.macs:,} MACs, {report.params:,} params; gate {self.gate.describe()}")
         _print(trainer, cycle_header())
 
     def _conclude_cycle(self, trainer: L.Trainer, pl_module: L.LightningModule, metric: float, cycle: int) -> None:
         network, arch = self._network(pl_module), self.candidate_arch
-        passed = self.gate.passes(metric)
+        passed = trainer.strategy.reduce_boolean_decision(self.gate.passes(metric), all=True)
         report = self._measure(network, metric, passed)
         outcome = CycleOutcome(passed=passed, margin=self.gate.margin(metric) if passed else -1.0)
         self.inquisitor.learn(outcome, self.generator.parent_arch, arch)
         if passed:
             self.generator.accept(arch, network)
-            self._observe(arch)
-            if self.best_network is None or report.netscore > self.record.best["netscore"]:
+            self._observe(trainer, arch)
+            if not self.record.best["gate_passed"] or report.netscore > self.record.best["netscore"]:
                 self._set_best(network, arch, report, cycle)
         else:
             self.generator.rollback()
+            self._probe_result = None
         entry = {
             "cycle": cycle,
             "seed": self.candidate_seed,
-            **{k: v for k, v in report.to_dict().items() if k != "information_density"},
-            "information_density": report.information_density,
+            **report.to_dict(),
             "accepted": passed,
+            "diverged": self._diverged,
             "step": self.inquisitor.step,
             "seconds": round(time.monotonic() - self._phase_started, 2),
             "widths": arch.widths(),
@@ -228,23 +307,36 @@ class GenerativeSynthesis(Callback):
         }
         self.record.cycles.append(entry)
         _print(trainer, cycle_row(entry))
+        if self._diverged:
+            _print(trainer, f"cycle {cycle}: non-finite training loss; candidate rejected, generator rolled back")
 
-    def _observe(self, arch: Architecture) -> None:
-        if self._probe_result is not None:
-            self.inquisitor.observe(self._probe_result, self.graph, arch)
+    def _observe(self, trainer: L.Trainer, arch: Architecture) -> None:
+        """Fold the accepted network's probe into θ_I, averaged over ranks so every rank learns the same."""
+        if self._probe_result is None:
+            return
+        measured = self.inquisitor.measure(self._probe_result)
+        for values in measured.values():
+            for name, value in values.items():
+                values[name] = trainer.strategy.reduce(value.to(trainer.strategy.root_device), reduce_op="mean").cpu()
+        self.inquisitor.fold(measured, self.graph, arch)
         self._probe_result = None
 
     def _generate_next(self, trainer: L.Trainer, pl_module: L.LightningModule, cycle: int) -> None:
-        parent = self.generator.parent
-        macs = macs_per_module(parent, self.input_shape)
+        macs = macs_per_module(self.generator.parent, self.input_shape)
         self.generator.update(self.inquisitor.propose(self.generator, macs, macs[""]))
         seed = self.seed * 100_003 + cycle
-        arch = self.generator.sample(seed, self.temperature)
-        arch = trainer.strategy.broadcast(arch, src=0)  # every rank trains the same architecture
+        own = self.generator.sample(seed, self.temperature)
+        arch = trainer.strategy.broadcast(own, src=0)
+        if not trainer.strategy.reduce_boolean_decision(arch == own, all=True):
+            raise RuntimeError(f"cycle {cycle}: ranks generated different architectures from the same generator state")
         child = self.generator.build(arch).to(pl_module.device)
         self.candidate_arch, self.candidate_seed = arch, seed
         setattr(pl_module, self.network_attr, child)
-        trainer.strategy.setup_optimizers(trainer)
+        strategy = trainer.strategy
+        if isinstance(strategy, DDPStrategy):  # the old DDP wrapper still holds the parent's parameters
+            strategy.model = pl_module
+            strategy.configure_ddp()
+        strategy.setup_optimizers(trainer)
 
     def _set_best(self, network: nn.Module, arch: Architecture, report: NetworkReport, cycle: int) -> None:
         self.best_network = copy.deepcopy(network).cpu()
@@ -261,6 +353,18 @@ class GenerativeSynthesis(Callback):
         if self._best_unsaved:
             save_network(self.output_dir / "best", self.best_network, self.best_arch, self.graph, self.prototype_config, self.record.best)
             self._best_unsaved = False
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".gensynth-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(
+            f"output directory '{directory}' is not writable ({error}); choose another output_dir / hydra.run.dir"
+        ) from error
 
 
 def _input_shape(batch) -> tuple[int, ...]:

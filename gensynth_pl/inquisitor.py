@@ -140,16 +140,23 @@ class Inquisitor:
     def attach(self, network: nn.Module, graph: NetworkGraph, arch: Architecture) -> Probe:
         return Probe(network, graph, arch, self.max_responses)
 
-    def observe(self, result: ProbeResult, graph: NetworkGraph, arch: Architecture) -> None:
-        """Fold a probe of an accepted network into the insight estimates (prototype channel order)."""
+    def measure(self, result: ProbeResult) -> dict[str, dict[str, Tensor]]:
+        """Per-channel insights of one probe, in the probed network's channel order (ranks average these)."""
+        measured = {}
         for group_id, taylor in result.taylor.items():
-            kept = torch.tensor(arch.channels[group_id])
             responses = result.responses.get(group_id)
-            values = {"taylor": taylor, "entropy": torch.zeros_like(taylor), "redundancy": torch.zeros_like(taylor)}
-            values["mutual_info"] = torch.zeros_like(taylor)
+            values = {name: torch.zeros_like(taylor) for name in INSIGHTS}
+            values["taylor"] = taylor
             if responses is not None and len(responses) > 1:
                 values["entropy"], values["mutual_info"] = self._information(responses, result.targets)
                 values["redundancy"] = _redundancy(responses)
+            measured[group_id] = values
+        return measured
+
+    def fold(self, measured: dict[str, dict[str, Tensor]], graph: NetworkGraph, arch: Architecture) -> None:
+        """Fold the insights of an accepted network into the running estimates (prototype channel order)."""
+        for group_id, values in measured.items():
+            kept = torch.tensor(arch.channels[group_id])
             store = self.insights.setdefault(
                 group_id, {name: torch.zeros(graph.groups[group_id].size) for name in (*INSIGHTS, "seen")}
             )

@@ -42,9 +42,10 @@ def synthesize(cfg: DictConfig) -> tuple[SynthesisRecord, GenerativeSynthesis]:
     # set after instantiate: Hydra would otherwise instantiate the recipe's own _target_
     synthesis.prototype_config = OmegaConf.to_container(cfg.model, resolve=True)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=synthesis.total_epochs, callbacks=[synthesis], logger=logger)
+    callbacks = [synthesis, *(instantiate(c) for c in (cfg.get("callbacks") or {}).values())]
+    trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=synthesis.total_epochs, callbacks=callbacks, logger=logger)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     torch.set_float32_matmul_precision("high")
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     return synthesis.record, synthesis

@@ -60,18 +60,22 @@ def cycle_row(entry: dict) -> str:
 def final_summary(record: SynthesisRecord) -> str:
     """A few lines a person can read at a glance."""
     proto, best = record.prototype, record.best
-    lines = [f"GenSynth {record.task}: gate {record.gate.get('metric')} >= {record.gate.get('threshold') or float('nan'):.4f}"]
+    bound = record.gate.get("threshold")
+    op = ">=" if record.gate.get("higher_is_better", True) else "<="
+    lines = [f"GenSynth {record.task}: gate {record.gate.get('metric')} {op} {'?' if bound is None else f'{bound:.4f}'}"]
     if proto:
         lines.append(
             f"  prototype: {_si(proto['macs'])} MACs, {_si(proto['params'])} params, metric {proto['metric']:.4f}, "
             f"NetScore {proto['netscore']:.2f}"
         )
-    if best and proto and record.best_cycle is not None:
+    if best and not best["gate_passed"]:
+        lines.append("  NO network passed the gate, not even the prototype: the prototype is kept as the answer (best/)")
+    elif best and proto and record.best_cycle:
         lines.append(
             f"  best (cycle {record.best_cycle}): {_si(best['macs'])} MACs ({proto['macs'] / best['macs']:.2f}x fewer), "
             f"{_si(best['params'])} params ({proto['params'] / best['params']:.2f}x fewer), metric {best['metric']:.4f}, "
             f"NetScore {best['netscore']:.2f}"
         )
     elif proto:
-        lines.append("  no generated candidate passed the gate; the prototype is kept as the answer")
+        lines.append("  no generated candidate passed the gate: the prototype is kept as the answer (best/)")
     return "\n".join(lines)

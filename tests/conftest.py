@@ -26,13 +26,5 @@ def tiny_data() -> SyntheticDataModule:
 
 def quiet_trainer(max_epochs: int, callbacks: list, **kwargs) -> L.Trainer:
     """A CPU trainer without logger, checkpoints or progress output, for fast tests."""
-    return L.Trainer(
-        max_epochs=max_epochs,
-        callbacks=callbacks,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+    settings = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    return L.Trainer(max_epochs=max_epochs, callbacks=callbacks, enable_model_summary=False, **{**settings, **kwargs})
