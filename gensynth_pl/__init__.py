@@ -1,4 +1,5 @@
 """gensynth-pl: generative synthesis of efficient networks for PyTorch Lightning."""
+from gensynth_pl import config  # registers the structured-config schemas with Hydra's ConfigStore
 from gensynth_pl.callbacks import GenerativeSynthesis
 from gensynth_pl.export import export_onnx, load_network, save_network
 from gensynth_pl.gates import Gate
