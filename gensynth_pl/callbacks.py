@@ -28,7 +28,10 @@ from gensynth_pl.generator import Generator
 from gensynth_pl.graph import Architecture, NetworkGraph
 from gensynth_pl.inquisitor import CycleOutcome, Inquisitor, Probe, ProbeResult
 from gensynth_pl.metrics import NetScoreUnits, NetworkReport, macs_per_module
-from gensynth_pl.report import SynthesisRecord, cycle_header, cycle_row, final_summary
+from gensynth_pl.report import SynthesisRecord, cycle_header, cycle_row, final_summary, pareto_plot
+
+
+PARETO_FILE = "pareto.png"
 
 
 class GenerativeSynthesis(Callback):
@@ -191,8 +194,10 @@ class GenerativeSynthesis(Callback):
             return
         setattr(pl_module, self.network_attr, copy.deepcopy(self.best_network).to(pl_module.device))
         if trainer.is_global_zero:
-            if self.output_dir is not None and self.export_onnx:
-                export_onnx(self.best_network, self.input_shape, self.output_dir / "best" / ONNX_FILE)
+            if self.output_dir is not None:
+                pareto_plot(self.record, self.output_dir / PARETO_FILE)
+                if self.export_onnx:
+                    export_onnx(self.best_network, self.input_shape, self.output_dir / "best" / ONNX_FILE)
             _print(trainer, final_summary(self.record))
 
     # --- checkpointing -----------------------------------------------------------------------------
@@ -306,7 +311,7 @@ class GenerativeSynthesis(Callback):
             "removed_blocks": list(arch.removed_blocks),
         }
         self.record.cycles.append(entry)
-        _print(trainer, cycle_row(entry))
+        _print(trainer, cycle_row(entry, self.cycles, sum(c["seconds"] for c in self.record.cycles)))
         if self._diverged:
             _print(trainer, f"cycle {cycle}: non-finite training loss; candidate rejected, generator rolled back")
 

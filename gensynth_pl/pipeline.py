@@ -7,6 +7,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from gensynth_pl.callbacks import GenerativeSynthesis
@@ -47,5 +48,11 @@ def synthesize(cfg: DictConfig) -> tuple[SynthesisRecord, GenerativeSynthesis]:
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     torch.set_float32_matmul_precision("high")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        if isinstance(logger, WandbLogger):  # each multirun job gets its own W&B run
+            import wandb
+
+            wandb.finish()
     return synthesis.record, synthesis

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CYCLE_COLUMNS = ("cycle", "seed", "params", "macs", "metric", "netscore", "gate_passed", "accepted", "step", "seconds")
+PROGRESS_COLUMN = "progress"
 
 
 @dataclass
@@ -50,11 +51,15 @@ def _si(value: float) -> str:
 
 
 def cycle_header() -> str:
-    return " | ".join(f"{c:>11}" for c in CYCLE_COLUMNS)
+    return " | ".join(f"{c:>11}" for c in (*CYCLE_COLUMNS, PROGRESS_COLUMN))
 
 
-def cycle_row(entry: dict) -> str:
-    return " | ".join(f"{_fmt(c, entry.get(c, '')):>11}" for c in CYCLE_COLUMNS)
+def cycle_row(entry: dict, cycles: int, elapsed: float) -> str:
+    """One table row, ending with progress across cycles and the time the remaining cycles should take."""
+    done = entry["cycle"]
+    eta = elapsed / max(done, 1) * (cycles - done)
+    progress = f"{done}/{cycles} eta {int(eta) // 60}:{int(eta) % 60:02d}"
+    return " | ".join([*(f"{_fmt(c, entry.get(c, '')):>11}" for c in CYCLE_COLUMNS), progress])
 
 
 def final_summary(record: SynthesisRecord) -> str:
@@ -79,3 +84,39 @@ def final_summary(record: SynthesisRecord) -> str:
     elif proto:
         lines.append("  no generated candidate passed the gate: the prototype is kept as the answer (best/)")
     return "\n".join(lines)
+
+
+def pareto_plot(record: SynthesisRecord, path: str | Path) -> Path:
+    """Metric vs MACs of the prototype and every candidate, with the gate and the passing frontier."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    passed = [c for c in record.cycles if c["gate_passed"]]
+    failed = [c for c in record.cycles if not c["gate_passed"]]
+    axes.scatter([c["macs"] for c in passed], [c["metric"] for c in passed], c="tab:green", label="candidate, passed")
+    axes.scatter([c["macs"] for c in failed], [c["metric"] for c in failed], c="tab:red", marker="x", label="candidate, failed")
+    proto, best = record.prototype, record.best
+    axes.scatter([proto["macs"]], [proto["metric"]], c="black", marker="*", s=180, label="prototype")
+    if best is not None and record.best_cycle:
+        axes.scatter([best["macs"]], [best["metric"]], facecolors="none", edgecolors="tab:blue", s=260, linewidths=2, label="best")
+    frontier, top = [], float("-inf")
+    for point in sorted([*passed, proto] if proto["gate_passed"] else passed, key=lambda c: c["macs"]):
+        if point["metric"] > top:
+            frontier.append(point)
+            top = point["metric"]
+    if len(frontier) > 1:
+        axes.plot([p["macs"] for p in frontier], [p["metric"] for p in frontier], c="tab:green", alpha=0.5, label="passing frontier")
+    if record.gate.get("threshold") is not None:
+        axes.axhline(record.gate["threshold"], c="gray", ls="--", label=f"gate {record.gate['metric']}")
+    axes.set_xscale("log")
+    axes.set_xlabel("MACs (batch 1)")
+    axes.set_ylabel(record.gate.get("metric", "metric"))
+    axes.set_title(f"GenSynth {record.task}: metric vs cost")
+    axes.legend(fontsize=8, loc="lower right")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return Path(path)
