@@ -16,6 +16,7 @@ from gensynth_pl import (
 from gensynth_pl.data import CocoDetectionDataModule, SyntheticDetectionDataModule, collate_detection
 from gensynth_pl.data.detection import detection_transforms, transform_sample
 from gensynth_pl.models import DetectNet
+from gensynth_pl.sampling import sample_networks
 from gensynth_pl.tasks import DetectionTask
 
 from conftest import quiet_trainer
@@ -204,6 +205,12 @@ def test_missing_files_and_malformed_json_name_the_culprit(tmp_path):
         coco(Path("/no/such/coco")).setup("fit")
     with pytest.raises(FileNotFoundError, match=r"annotations file '.*other.json' does not exist"):
         coco(root, annotations="other.json").setup("fit")
+    root = write_coco(tmp_path / "resized")
+    Image.new("RGB", (20, 20)).save(root / "images" / "a.png")  # no longer the 40x20 its boxes refer to
+    data = coco(root)
+    data.setup("fit")
+    with pytest.raises(ValueError, match=r"image '.*a.png' is 20x20 but its annotations say 40x20"):
+        data.train_set.dataset[0]
 
 
 def test_generator_materialises_a_smaller_detector_that_reloads_identically(tmp_path):
@@ -247,6 +254,8 @@ def test_tiny_synthesis_run_shrinks_the_detector_and_logs_map(tmp_path):
     assert {"val/map", "val/map_50", "val/mar_100"} <= set(trainer.callback_metrics)
     assert "val/classes" not in trainer.callback_metrics  # non-scalar / integer outputs of the metric are not logged
     assert module.net.coverage.out_channels == 2 and module.net.bbox.out_channels == 4
+    rows = sample_networks(tmp_path / "generator.pt", data, task, seeds=[5], finetune_epochs=0)
+    assert rows[0]["macs"] < summary["prototype"]["macs"] and 0.0 <= rows[0]["metric"] <= 1.0
 
 
 def test_detection_configs_compose_and_instantiate():

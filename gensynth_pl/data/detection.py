@@ -6,6 +6,7 @@ one target dict per image, ``K`` may be 0 (an image without objects).
 from __future__ import annotations
 
 import torch
+from PIL import Image
 from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -34,7 +35,7 @@ def detection_transforms(image_size: int, augment: bool) -> v2.Compose:
     return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def transform_sample(transform: v2.Compose, image, boxes: Tensor, labels: Tensor) -> DetectionSample:
+def transform_sample(transform: v2.Compose, image: Image.Image | Tensor, boxes: Tensor, labels: Tensor) -> DetectionSample:
     """Apply a box-aware transform to an image (PIL or tensor) and its xyxy pixel boxes."""
     height, width = v2.functional.get_size(image)
     image, boxes = transform(image, tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)))
