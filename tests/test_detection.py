@@ -265,6 +265,8 @@ def test_detection_configs_compose_and_instantiate():
         task, model, data = instantiate(cfg.task), instantiate(cfg.model), instantiate(cfg.data)
         assert isinstance(task, DetectionTask) and isinstance(data, SyntheticDetectionDataModule)
         assert model(torch.zeros(1, *data.input_shape)).shape[1] == data.num_classes + 4
+        cfg = compose("train", overrides=["task=detection", "data=coco", "data.root=x", "data.num_classes=3", "gate.monitor=val/map"])
+        assert cfg.data._target_.endswith("CocoDetectionDataModule") and cfg.task.num_classes == cfg.model.num_classes == 3
         for experiment in ("pennfudan_cpu", "pennfudan_gpu"):
             cfg = compose("train", overrides=[f"experiment={experiment}", "data.root=/data/pennfudan"])
             assert cfg.data._target_.endswith("CocoDetectionDataModule") and cfg.task._target_.endswith("DetectionTask")

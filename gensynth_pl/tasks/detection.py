@@ -93,8 +93,8 @@ class DetectionTask:
             xy = centres[cells]
             distances[index][:, cells] = torch.cat([xy - box[:, :2], box[:, 2:] - xy], dim=1).T / self.stride
             positive[index] = cells
-        shape = (len(targets), height, width)
-        return coverage.view(shape[0], -1, *grid), distances.view(shape[0], 4, *grid), positive.view(shape)
+        count = len(targets)
+        return coverage.view(count, -1, *grid), distances.view(count, 4, *grid), positive.view(count, *grid)
 
     def boxes_from_distances(self, distances: Tensor) -> Tensor:
         """(N, 4, H, W) cell-to-side distances -> (N, H*W, 4) xyxy pixel boxes."""
