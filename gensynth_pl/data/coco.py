@@ -68,6 +68,8 @@ def load_coco(annotation_file: str | Path, image_dir: str | Path) -> CocoAnnotat
     for index, image in enumerate(data["images"]):
         where = f"'{annotation_file}': images[{index}]"
         _require(image, ("id", "file_name", "width", "height"), where)
+        if image["id"] in images:
+            raise ValueError(f"{where}: image id {image['id']} is used twice")
         path = image_dir / image["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"{where} (id={image['id']}): image file '{path}' does not exist")
