@@ -54,7 +54,10 @@ class SynthesisModule(L.LightningModule):
         self.val_metrics.update(*self.task.metric_inputs(outputs, targets))
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        # Log floating-point scalars only: some metrics also return per-class tensors and integer bookkeeping
+        # (MeanAveragePrecision's ``map_per_class``, ``classes``), which Lightning cannot log.
+        values = self.val_metrics.compute()
+        self.log_dict({k: v for k, v in values.items() if v.numel() == 1 and v.is_floating_point()}, prog_bar=True)
         self.val_metrics.reset()
 
     def configure_optimizers(self):

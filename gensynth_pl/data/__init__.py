@@ -1,4 +1,16 @@
 from gensynth_pl.data.cifar import CIFAR10DataModule, ImageFolderDataModule
+from gensynth_pl.data.coco import CocoDetectionDataModule, load_coco
+from gensynth_pl.data.detection import DetectionDataModule, collate_detection
 from gensynth_pl.data.synthetic import SyntheticDataModule
+from gensynth_pl.data.synthetic_detection import SyntheticDetectionDataModule
 
-__all__ = ["CIFAR10DataModule", "ImageFolderDataModule", "SyntheticDataModule"]
+__all__ = [
+    "CIFAR10DataModule",
+    "CocoDetectionDataModule",
+    "DetectionDataModule",
+    "ImageFolderDataModule",
+    "SyntheticDataModule",
+    "SyntheticDetectionDataModule",
+    "collate_detection",
+    "load_coco",
+]

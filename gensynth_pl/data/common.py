@@ -1,6 +1,7 @@
 """Shared pieces of the image datamodules: loaders, the seeded validation carve-out, transforms."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -40,7 +41,12 @@ def require_dir(path: str | Path, what: str, hint: str) -> Path:
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Base for (image, label) datamodules: subclasses build ``train_set`` and ``val_set`` in ``setup``."""
+    """Base for image datamodules: subclasses build ``train_set`` and ``val_set`` in ``setup``.
+
+    ``collate_fn`` batches samples whose targets are not tensors (e.g. detection's per-image box dicts).
+    """
+
+    collate_fn: Callable | None = None
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, num_classes: int = 10) -> None:
         super().__init__()
@@ -56,6 +62,7 @@ class ImageDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
             persistent_workers=self.num_workers > 0,
             drop_last=shuffle and len(dataset) > self.batch_size,
         )
