@@ -21,11 +21,11 @@ from gensynth_pl.tasks import SegmentationTask
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SHAPE = (3, 32, 32)
-PROTOTYPES = {
-    "unet": dict(_target_="gensynth_pl.models.smp_segmenter", arch="Unet", encoder_depth=3, num_classes=5, decoder_channels=[16, 8, 8]),
-    "fpn": dict(_target_="gensynth_pl.models.smp_segmenter", arch="FPN", encoder_depth=5, num_classes=5,
-                decoder_pyramid_channels=32, decoder_segmentation_channels=32),
-    "deeplabv3plus": dict(_target_="gensynth_pl.models.smp_segmenter", arch="DeepLabV3Plus", encoder_depth=5, num_classes=5, decoder_channels=16),
+SMP = "gensynth_pl.models.smp_segmenter"
+PROTOTYPES = {  # small widths, resnet18 encoders
+    "unet": dict(_target_=SMP, arch="Unet", encoder_depth=3, num_classes=5, decoder_channels=[16, 8, 8]),
+    "fpn": dict(_target_=SMP, arch="FPN", encoder_depth=5, num_classes=5, decoder_pyramid_channels=32, decoder_segmentation_channels=32),
+    "deeplabv3plus": dict(_target_=SMP, arch="DeepLabV3Plus", encoder_depth=5, num_classes=5, decoder_channels=16),
     "refinenet": dict(_target_="gensynth_pl.models.light_refinenet", encoder_depth=4, num_classes=5, channels=16, crp_stages=2),
 }
 
@@ -49,7 +49,8 @@ def with_channels_zeroed(network: nn.Module, graph: NetworkGraph, arch: Architec
         for group in graph.groups.values():
             dropped = sorted(set(range(group.size)) - set(arch.channels[group.id]))
             root = modules[group.id]
-            for dep, idxs in dependencies.get_pruning_group(root, dependencies.get_pruner_of_module(root).prune_out_channels, dropped):
+            prune_out = dependencies.get_pruner_of_module(root).prune_out_channels
+            for dep, idxs in dependencies.get_pruning_group(root, prune_out, dropped):
                 module = dep.target.module
                 if dependencies.is_out_channel_pruning_fn(dep.handler) and isinstance(module, (nn.Conv2d, nn.BatchNorm2d)):
                     for tensor in (module.weight, module.bias):
@@ -146,9 +147,9 @@ def test_synthetic_segmentation_is_deterministic_with_void_boundaries():
     assert not torch.equal(first.val_set.tensors[1], masks[:8])  # the splits differ
 
 
-def write_camvid(root: Path, frames: int = 3, size: tuple[int, int] = (48, 36)) -> None:
+def write_camvid(root: Path, splits: tuple[str, ...] = ("train", "val"), frames: int = 3, size: tuple = (48, 36)) -> None:
     """A SegNet-layout CamVid: left half red = class 1, right half blue = class 2, one void column."""
-    for split in ("train", "val"):
+    for split in splits:
         (root / split).mkdir(parents=True)
         (root / f"{split}annot").mkdir()
         for i in range(frames):
@@ -163,10 +164,10 @@ def write_camvid(root: Path, frames: int = 3, size: tuple[int, int] = (48, 36)) 
 
 
 def test_camvid_augments_image_and_mask_together(tmp_path):
-    write_camvid(tmp_path)
+    write_camvid(tmp_path, splits=("train", "val", "test"))
     data = CamVidDataModule(str(tmp_path), image_size=(24, 32), crop_size=(16, 16), hflip=True, batch_size=3, num_workers=0)
     data.setup("fit")
-    assert data.input_shape == (3, 24, 32) and data.num_classes == 11
+    assert data.input_shape == (3, 24, 32) and data.num_classes == 11 and len(data.test_dataloader().dataset) == 3
     torch.manual_seed(0)
     for _ in range(4):
         images, masks = next(iter(data.train_dataloader()))
@@ -187,6 +188,8 @@ def test_camvid_errors_name_the_file_and_the_fix(tmp_path):
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(small)
     data = CamVidDataModule(str(tmp_path), image_size=(24, 32), num_workers=0)
     data.setup("fit")
+    with pytest.raises(FileNotFoundError, match="no test/ and testannot/"):
+        data.test_dataloader()
     with pytest.raises(ValueError, match=r"frame1.png' is 12x10 but its image .*frame1.jpg' is 48x36"):
         data.val_set[1]
     Image.fromarray(np.full((36, 48), 12, np.uint8)).save(small)

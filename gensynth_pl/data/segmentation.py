@@ -25,7 +25,8 @@ def segmentation_transforms(
     if crop_size is not None and (crop_size[0] > image_size[0] or crop_size[1] > image_size[1]):
         raise ValueError(f"data.crop_size={list(crop_size)} must fit inside data.image_size={list(image_size)}")
     resize = [T.ToImage(), T.Resize(image_size)]
-    normalise = [T.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    to_float = T.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)  # masks keep their ids
+    normalise = [to_float, T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     augment = ([T.RandomCrop(crop_size)] if crop_size is not None else []) + ([T.RandomHorizontalFlip()] if hflip else [])
     return T.Compose(resize + augment + normalise), T.Compose(resize + normalise)
 

@@ -80,7 +80,9 @@ class SyntheticSegmentationDataModule(SyntheticDataModule):
     ) -> None:
         super().__init__(num_classes, image_size, train_size, val_size, noise, seed, batch_size, num_workers)
         if objects < 1 or 0 <= ignore_index < num_classes:
-            raise ValueError(f"data.objects={objects} must be >= 1 and data.ignore_index={ignore_index} outside 0..{num_classes - 1}")
+            raise ValueError(
+                f"data.objects={objects} must be >= 1 and data.ignore_index={ignore_index} outside 0..{num_classes - 1}"
+            )
         self.objects, self.ignore_index = objects, ignore_index
 
     def setup(self, stage: str | None = None) -> None:

@@ -18,7 +18,8 @@ class SegmentationTask:
             raise ValueError(f"task.num_classes={num_classes} must be >= 2")
         if ignore_index is not None and 0 <= ignore_index < num_classes:
             raise ValueError(
-                f"task.ignore_index={ignore_index} is one of the {num_classes} classes; the void id must lie outside 0..{num_classes - 1}"
+                f"task.ignore_index={ignore_index} is one of the {num_classes} classes; "
+                f"the void id must lie outside 0..{num_classes - 1}"
             )
         self.num_classes, self.ignore_index = num_classes, ignore_index
 
