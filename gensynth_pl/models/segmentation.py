@@ -113,16 +113,22 @@ def smp_segmenter(
     return Segmenter(model, "segmentation_head.0", model.encoder.output_stride, in_channels)
 
 
+def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
+    """1x1 conv + BatchNorm: the original decoder has no normalisation, and from scratch at the smp models'
+    learning rate its chained sums diverge."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+
+
 class ChainedResidualPool(nn.Sequential):
     """Light-Weight RefineNet's CRP: successive 5x5 max-pool + 1x1 conv stages, each added to the input."""
 
     def __init__(self, channels: int, stages: int) -> None:
-        super().__init__(*[nn.Conv2d(channels, channels, 1, bias=False) for _ in range(stages)])
+        super().__init__(*[_conv_bn(channels, channels) for _ in range(stages)])
 
     def forward(self, x: Tensor) -> Tensor:
         top = x
-        for conv in self:
-            top = conv(F.max_pool2d(top, 5, stride=1, padding=2))
+        for stage in self:
+            top = stage(F.max_pool2d(top, 5, stride=1, padding=2))
             x = x + top
         return x
 
@@ -130,7 +136,8 @@ class ChainedResidualPool(nn.Sequential):
 class LightRefineNet(nn.Module):
     """Light-Weight RefineNet on an smp encoder: from the deepest feature map up to stride 4, each level is
     reduced to ``channels`` by a 1x1 conv, summed with the (1x1 conv, upsampled) coarser path and refined
-    by a chained residual pool; a 3x3 classifier at stride 4 is upsampled to the input size."""
+    by a chained residual pool; a 3x3 classifier at stride 4 is upsampled to the input size. Unlike the
+    original, every decoder conv is followed by BatchNorm (see ``_conv_bn``)."""
 
     def __init__(
         self,
@@ -150,9 +157,9 @@ class LightRefineNet(nn.Module):
             )
         self.encoder = get_encoder(encoder_name, in_channels=in_channels, depth=encoder_depth, weights=encoder_weights)
         levels = list(reversed(self.encoder.out_channels[2:]))  # deepest first, down to stride 4
-        self.reduce = nn.ModuleList(nn.Conv2d(c, channels, 1, bias=False) for c in levels)
+        self.reduce = nn.ModuleList(_conv_bn(c, channels) for c in levels)
         self.refine = nn.ModuleList(ChainedResidualPool(channels, crp_stages) for _ in levels)
-        self.fuse = nn.ModuleList(nn.Conv2d(channels, channels, 1, bias=False) for _ in levels[1:])
+        self.fuse = nn.ModuleList(_conv_bn(channels, channels) for _ in levels[1:])
         self.head = nn.Conv2d(channels, num_classes, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
