@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
 from torchvision.datasets import CIFAR10, ImageFolder
 
-from gensynth_pl.data.common import ImageDataModule, cifar_transforms, require_dir
+from gensynth_pl.data.common import ImageDataModule, cifar_transforms, open_image, require_dir
 
 
 class CIFAR10DataModule(ImageDataModule):
@@ -50,15 +49,7 @@ class CheckedImageFolder(ImageFolder):
     """ImageFolder whose unreadable files raise an error naming the file."""
 
     def __init__(self, root: str, transform) -> None:
-        super().__init__(root, transform=transform, loader=_open_image)
-
-
-def _open_image(path: str) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as error:
-        raise OSError(f"cannot read image '{path}' ({error}); remove or replace the file") from error
+        super().__init__(root, transform=transform, loader=open_image)
 
 
 class ImageFolderDataModule(ImageDataModule):

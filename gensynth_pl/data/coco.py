@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
-from gensynth_pl.data.cifar import _open_image
+from gensynth_pl.data.common import open_image
 from gensynth_pl.data.common import require_dir
 from gensynth_pl.data.detection import DetectionDataModule, DetectionSample, detection_transforms, transform_sample
 
@@ -124,7 +124,7 @@ class CocoDetection(Dataset):
 
     def __getitem__(self, index: int) -> DetectionSample:
         entry = self.annotations.images[index]
-        image = _open_image(str(entry.path))
+        image = open_image(entry.path)
         if image.size != (entry.width, entry.height):
             raise ValueError(
                 f"image '{entry.path}' is {image.size[0]}x{image.size[1]} but its annotations say "

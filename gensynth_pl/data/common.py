@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 
@@ -31,6 +32,16 @@ def cifar_transforms(augment: bool, image_size: int = 32) -> tuple[T.Compose, T.
     resize = [T.Resize((image_size, image_size))] if image_size != 32 else []
     train = resize + ([T.RandomCrop(image_size, padding=image_size // 8), T.RandomHorizontalFlip()] if augment else [])
     return T.Compose(train + normalise), T.Compose(resize + normalise)
+
+
+def open_image(path: str | Path, mode: str | None = "RGB") -> Image.Image:
+    """Read an image (converted to ``mode``; None keeps it, e.g. the class ids of a label PNG), naming the
+    file when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.convert(mode) if mode else image.copy()  # the copy outlives the closed file
+    except (OSError, ValueError) as error:
+        raise OSError(f"cannot read image '{path}' ({error}); remove or replace the file") from error
 
 
 def require_dir(path: str | Path, what: str, hint: str) -> Path:
