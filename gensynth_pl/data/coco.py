@@ -14,8 +14,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
-from gensynth_pl.data.common import open_image
-from gensynth_pl.data.common import require_dir
+from gensynth_pl.data.common import open_image, require_dir
 from gensynth_pl.data.detection import DetectionDataModule, DetectionSample, detection_transforms, transform_sample
 
 BORDER_TOLERANCE = 1.0  # pixels a box may overshoot the image (rounding in exported annotations); it is clipped
