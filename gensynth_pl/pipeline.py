@@ -5,7 +5,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -15,19 +14,10 @@ from gensynth_pl.module import SynthesisModule
 from gensynth_pl.report import SynthesisRecord
 
 
-def run_output_dir(cfg: DictConfig) -> Path:
-    """Hydra's job directory when run through Hydra, else ``cfg.output_dir``."""
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    if cfg.get("output_dir"):
-        return Path(cfg.output_dir)
-    raise ValueError("no output directory: run through train.py or set output_dir in the config")
-
-
 def synthesize(cfg: DictConfig) -> tuple[SynthesisRecord, GenerativeSynthesis]:
     """Train the prototype, run the synthesis cycles, write the run directory; returns the record."""
     L.seed_everything(cfg.seed, workers=True)
-    output_dir = run_output_dir(cfg)
+    output_dir = Path(cfg.output_dir)
     datamodule = instantiate(cfg.data)
     task = instantiate(cfg.task)
     network = instantiate(cfg.model)
