@@ -6,7 +6,7 @@ the same fine-tuning epochs: uniform L1 channel pruning, random channel pruning,
 trained from scratch, and Lightning's unstructured ModelPruning at the same parameter count.
 
     python -m benchmarks.synthesis_quality                  # the full default (sized for ~60 min on 2 CPU cores)
-    python -m benchmarks.synthesis_quality --train-subset 2000 --val-size 1000 --prototype-epochs 4 --cycles 3
+    python -m benchmarks.synthesis_quality --train-subset 2000 --val-size 1000 --prototype-epochs 5 --cycles 3 --step 0.4
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--depth", type=int, default=20, help="prototype ResNet depth (6n+2)")
     p.add_argument("--width", type=int, default=16, help="prototype ResNet first-stage width")
-    p.add_argument("--prototype-epochs", type=int, default=10)
-    p.add_argument("--cycles", type=int, default=5)
+    p.add_argument("--prototype-epochs", type=int, default=8)
+    p.add_argument("--cycles", type=int, default=4)
     p.add_argument("--epochs-per-cycle", type=int, default=1)
     p.add_argument("--probe-batches", type=int, default=16)
     p.add_argument("--step", type=float, default=0.3, help="the inquisitor's first compression step")

@@ -91,7 +91,7 @@ def test_inference_speed_measures_the_lineage_against_the_prototype(quality, tmp
 
 
 def test_gpu_scale_runs_end_to_end_on_cpu_with_a_matched_mobilenet(tmp_path):
-    result = gpu_scale.main(["--tiny", "--device", "cpu", "--train-subset", "64", "--val-size", "64",
+    result = gpu_scale.main(["--tiny", "--device", "cpu",
                              "--output", str(tmp_path / "gpu.json")])
     rows = rows_by_method(result)
     assert result["config"]["accelerator"] == "cpu" and "mobilenet_v2" in rows and "width_scaled" in rows
