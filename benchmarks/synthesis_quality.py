@@ -34,7 +34,7 @@ def parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--depth", type=int, default=20, help="prototype ResNet depth (6n+2)")
     p.add_argument("--width", type=int, default=16, help="prototype ResNet first-stage width")
-    p.add_argument("--prototype-epochs", type=int, default=8)
+    p.add_argument("--prototype-epochs", type=int, default=6)
     p.add_argument("--cycles", type=int, default=4)
     p.add_argument("--epochs-per-cycle", type=int, default=1)
     p.add_argument("--probe-batches", type=int, default=16)
