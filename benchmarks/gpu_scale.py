@@ -2,7 +2,7 @@
 MobileNetV2 at matched MACs as the hand-designed baseline, next to the CPU-scale comparison's methods.
 
     python -m benchmarks.gpu_scale                              # on a GPU: all 45,000 images, 5,000 for validation
-    python -m benchmarks.gpu_scale --tiny --device cpu          # a minute-sized end-to-end run on generated data
+    python -m benchmarks.gpu_scale --tiny --device cpu          # a small end-to-end run on generated data
 """
 from __future__ import annotations
 
