@@ -30,20 +30,29 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-{6n+2} for 32x32 inputs. ``width`` is the channel count of the first stage (16 in the paper)."""
+    """ResNet-{6n+2} for 32x32 inputs. ``width`` is the channel count of the first stage (16 in the paper);
+    ``stage_widths`` sets the three stages' channel counts directly (e.g. a width-scaled baseline)."""
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, width: int = 16, in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        width: int = 16,
+        in_channels: int = 3,
+        stage_widths: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"model.depth={depth} is not a CIFAR ResNet depth; use 6n+2, e.g. 20, 32, 56 or 110")
-        if width < 1 or num_classes < 1:
-            raise ValueError(f"model.width ({width}) and num_classes ({num_classes}) must be positive")
+        stage_widths = tuple(stage_widths) if stage_widths is not None else (width, 2 * width, 4 * width)
+        if len(stage_widths) != 3 or min(stage_widths) < 1 or num_classes < 1:
+            raise ValueError(f"model.width/stage_widths ({stage_widths}) and num_classes ({num_classes}) must be positive")
         blocks_per_stage = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.conv1 = nn.Conv2d(in_channels, stage_widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stage_widths[0])
         self.relu = nn.ReLU(inplace=True)
-        stages, channels = [], width
-        for stage, stage_width in enumerate((width, 2 * width, 4 * width)):
+        stages, channels = [], stage_widths[0]
+        for stage, stage_width in enumerate(stage_widths):
             blocks = []
             for index in range(blocks_per_stage):
                 stride = 2 if stage > 0 and index == 0 else 1
@@ -69,5 +78,11 @@ class CifarResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-def cifar_resnet(depth: int = 20, num_classes: int = 10, width: int = 16, in_channels: int = 3) -> CifarResNet:
-    return CifarResNet(depth=depth, num_classes=num_classes, width=width, in_channels=in_channels)
+def cifar_resnet(
+    depth: int = 20,
+    num_classes: int = 10,
+    width: int = 16,
+    in_channels: int = 3,
+    stage_widths: tuple[int, int, int] | None = None,
+) -> CifarResNet:
+    return CifarResNet(depth=depth, num_classes=num_classes, width=width, in_channels=in_channels, stage_widths=stage_widths)

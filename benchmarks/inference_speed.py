@@ -1,0 +1,93 @@
+"""Measured speed-up of generated networks over their prototype against their MAC reduction.
+
+Reads a synthesis run directory (``generator.pt`` holds the prototype and every accepted network, ``best/``
+marks the best one), exports each network to ONNX and measures PyTorch eager and ONNX Runtime latency at
+batch 1 and 64 on CPU. Latencies are the median over ``--rounds`` round-robin passes over all networks, so
+that a change in machine load hits every network alike.
+
+    python -m benchmarks.inference_speed outputs/benchmarks/synthesis_quality/gensynth_run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from benchmarks.common import machine, write_json
+from gensynth_pl import count_macs, count_params, export_onnx
+from gensynth_pl.export import SPEC_FILE
+from gensynth_pl.generator import Generator
+from gensynth_pl.graph import Architecture
+from gensynth_pl.latency import measure_latency
+
+SETTINGS = ("pytorch_b1", "onnxruntime_b1", "pytorch_b64", "onnxruntime_b64")
+
+
+def lineage_networks(run_dir: Path) -> tuple[list[tuple[str, nn.Module]], tuple[int, ...]]:
+    """The prototype and every accepted network of a run, the best one named ``best``."""
+    generator, _ = Generator.load(run_dir / "generator.pt")
+    best = Architecture.from_dict(json.loads((run_dir / "best" / SPEC_FILE).read_text())["architecture"])
+    networks = []
+    for index, (arch, network) in enumerate(generator.lineage):
+        name = "prototype" if index == 0 else f"accepted_{index}"
+        networks.append((f"{name} (best)" if arch == best else name, network.eval()))
+    return networks, generator.input_shape
+
+
+def measure(networks: list[tuple[str, nn.Module]], input_shape: tuple[int, ...], repeats: int, rounds: int) -> list[dict]:
+    """One row per network: MACs, latency per setting, and speed-up and MAC reduction against the first network."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [export_onnx(network, input_shape, Path(tmp) / f"{i}.onnx") for i, (_, network) in enumerate(networks)]
+        samples: list[dict[str, list[float]]] = [{s: [] for s in SETTINGS} for _ in networks]
+        for _ in range(rounds):
+            for (_, network), path, sample in zip(networks, paths, samples):
+                for r in measure_latency(network, path, input_shape, (1, 64), repeats=repeats):
+                    sample[f"{r['runtime']}_b{r['batch']}"].append(r["median_ms"])
+    rows = []
+    for (name, network), sample in zip(networks, samples):
+        latency = {s: statistics.median(v) for s, v in sample.items()}
+        rows.append({"network": name, "params": count_params(network), "macs": count_macs(network, input_shape),
+                     "latency_ms": latency})
+    reference = rows[0]
+    for row in rows:
+        row["mac_reduction"] = reference["macs"] / row["macs"]
+        row["speedup"] = {s: reference["latency_ms"][s] / row["latency_ms"][s] for s in SETTINGS}
+        row["speedup_per_mac_reduction"] = {s: row["speedup"][s] / row["mac_reduction"] for s in SETTINGS}
+    return rows
+
+
+def format_speed(rows: list[dict]) -> str:
+    header = ["network", "MACs", "MAC red.", *(f"{s} ms (x)" for s in SETTINGS), "b64 eff. eager/ORT"]
+    lines = [" | ".join(header)]
+    for row in rows:
+        cells = [f"{row['network']:<20}", f"{row['macs']:>12,}", f"{row['mac_reduction']:>6.2f}x"]
+        cells += [f"{row['latency_ms'][s]:>8.2f} ({row['speedup'][s]:.2f}x)" for s in SETTINGS]
+        efficiency = row["speedup_per_mac_reduction"]
+        cells.append(f"{100 * efficiency['pytorch_b64']:.0f}% / {100 * efficiency['onnxruntime_b64']:.0f}%")
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", type=Path, help="a synthesis run directory (generator.pt, best/)")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median)")
+    p.add_argument("--rounds", type=int, default=3, help="round-robin passes over all networks (median)")
+    p.add_argument("--output", type=Path, default=Path("outputs/benchmarks/inference_speed.json"))
+    args = p.parse_args(argv)
+    networks, input_shape = lineage_networks(args.run_dir)
+    rows = measure(networks, input_shape, args.repeats, args.rounds)
+    result = {"run_dir": str(args.run_dir), "machine": machine(), "repeats": args.repeats, "rounds": args.rounds,
+              "rows": rows, "table": format_speed(rows)}
+    write_json(args.output, result)
+    print(result["table"])
+    print(f"written to {args.output}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

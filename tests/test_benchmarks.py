@@ -1,0 +1,108 @@
+"""Smoke runs of every benchmark on generated data, checking the numbers they report."""
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import gpu_scale, inference_speed, synthesis_overhead, synthesis_quality
+from benchmarks.common import MAC_TOLERANCE, SynthesisTimer
+from gensynth_pl import count_macs, netscore
+from gensynth_pl.models import cifar_resnet
+
+TINY = ["--synthetic", "--train-subset", "64", "--val-size", "64", "--image-size", "16", "--batch-size", "32",
+        "--depth", "8", "--width", "8", "--prototype-epochs", "1", "--cycles", "2", "--probe-batches", "2",
+        "--step", "0.4", "--gate-drop", "1.0", "--latency-repeats", "2"]
+LATENCY_KEYS = {"pytorch_b1", "pytorch_b64", "onnxruntime_b1", "onnxruntime_b64"}
+
+
+@pytest.fixture(scope="module")
+def quality(tmp_path_factory):
+    output = tmp_path_factory.mktemp("quality") / "quality.json"
+    result = synthesis_quality.main([*TINY, "--output", str(output)])
+    return output, result
+
+
+def rows_by_method(result: dict) -> dict:
+    return {row["method"]: row for row in result["rows"]}
+
+
+def test_quality_compares_every_method_at_the_generated_networks_macs(quality):
+    output, result = quality
+    written = json.loads(output.read_text())
+    rows = rows_by_method(written)
+    assert list(rows) == ["prototype", "gensynth", "l1_pruning", "random_pruning", "width_scaled", "modelpruning_l1"]
+    ours = rows["gensynth"]
+    assert ours["macs"] == written["target_macs"] == written["synthesis"]["best"]["macs"]
+    assert ours["macs"] < rows["prototype"]["macs"]  # the gate accepts everything, so the synthesis compressed
+    for method in ("l1_pruning", "random_pruning", "width_scaled"):
+        assert abs(rows[method]["macs"] - ours["macs"]) <= MAC_TOLERANCE * ours["macs"], method
+    assert 0 < rows["l1_pruning"]["pruning_ratio"] < 0.95 and 0 < rows["width_scaled"]["width"] < 1
+    for row in rows.values():
+        assert {"params", "macs", "val_acc", "netscore", "information_density", "latency_ms", "wall_s"} <= set(row)
+        assert set(row["latency_ms"]) == LATENCY_KEYS and all(v > 0 for v in row["latency_ms"].values())
+        assert 0 <= row["val_acc"] <= 1 and row["netscore"] == pytest.approx(netscore(row["val_acc"], row["params"], row["macs"]))
+        assert row["method"] in written["table"]
+
+
+def test_unstructured_pruning_keeps_the_dense_macs_at_the_generated_parameter_count(quality):
+    rows = rows_by_method(quality[1])
+    pruned, ours, prototype = rows["modelpruning_l1"], rows["gensynth"], rows["prototype"]
+    assert pruned["macs"] == prototype["macs"] and pruned["dense_params"] == prototype["params"]
+    assert pruned["params"] < prototype["params"]
+    assert abs(pruned["params"] - ours["params"]) <= 0.02 * prototype["params"]  # non-zero weights match ours
+
+
+def test_quality_run_records_the_overhead_of_each_cycle(quality):
+    overhead = quality[1]["overhead"]
+    assert [row["cycle"] for row in overhead] == [1, 2]
+    for row in overhead:
+        parts = sum(row[c] for c in (*SynthesisTimer.PROBE_AND_UPDATE, *SynthesisTimer.BOOKKEEPING))
+        assert 0 < row["probe"] and 0 < row["probe_and_update_s"] <= parts < row["wall_s"]
+        assert row["share"] == pytest.approx(row["probe_and_update_s"] / row["wall_s"])
+    assert overhead[0]["propose"] > 0 and overhead[0]["build"] > 0  # cycle 1 generates cycle 2's candidate
+    assert overhead[1]["propose"] == overhead[1]["build"] == 0  # the last cycle generates nothing
+
+
+def test_overhead_report_runs_its_own_synthesis_and_reads_a_quality_run(quality, tmp_path):
+    own = synthesis_overhead.main([*TINY, "--output", str(tmp_path / "overhead.json")])
+    assert len(own["overhead"]) == 2 and all(row["probe"] > 0 for row in own["overhead"])
+    total = sum(r["probe_and_update_s"] for r in own["overhead"]) / sum(r["wall_s"] for r in own["overhead"])
+    assert f"{100 * total:.2f}%" in own["table"].splitlines()[-1]
+    read = synthesis_overhead.main(["--from-json", str(quality[0]), "--output", str(tmp_path / "read.json")])
+    assert read["overhead"] == quality[1]["overhead"]
+
+
+def test_inference_speed_measures_the_lineage_against_the_prototype(quality, tmp_path):
+    run_dir = quality[0].with_suffix("") / "gensynth_run"
+    result = inference_speed.main([str(run_dir), "--repeats", "2", "--rounds", "2", "--output", str(tmp_path / "speed.json")])
+    rows = result["rows"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert rows[0]["network"].startswith("prototype") and rows[0]["macs"] == summary["prototype"]["macs"]
+    assert len(rows) == 1 + sum(c["accepted"] for c in summary["cycles"])
+    best = [row for row in rows if row["network"].endswith("(best)")]
+    assert len(best) == 1 and best[0]["macs"] == summary["best"]["macs"]
+    for row in rows:
+        assert row["mac_reduction"] == pytest.approx(rows[0]["macs"] / row["macs"])
+        for setting, speedup in row["speedup"].items():
+            assert speedup == pytest.approx(rows[0]["latency_ms"][setting] / row["latency_ms"][setting])
+            assert row["speedup_per_mac_reduction"][setting] == pytest.approx(speedup / row["mac_reduction"])
+    assert math.isclose(rows[0]["speedup"]["pytorch_b64"], 1.0)
+
+
+def test_gpu_scale_runs_end_to_end_on_cpu_with_a_matched_mobilenet(tmp_path):
+    result = gpu_scale.main(["--tiny", "--device", "cpu",
+                             "--output", str(tmp_path / "gpu.json")])
+    rows = rows_by_method(result)
+    assert result["config"]["accelerator"] == "cpu" and "mobilenet_v2" in rows and "width_scaled" in rows
+    target = rows["gensynth"]["macs"]
+    assert abs(rows["mobilenet_v2"]["macs"] - target) <= MAC_TOLERANCE * target
+
+
+def test_width_scaled_resnet_and_cifar_mobilenet_have_the_requested_shape():
+    network = cifar_resnet(20, 10, 16, stage_widths=(5, 10, 20))
+    assert network.conv1.out_channels == 5 and network.layer3[0].conv2.out_channels == 20 and network.fc.in_features == 20
+    assert count_macs(network, (3, 32, 32)) < count_macs(cifar_resnet(20), (3, 32, 32))
+    mobilenet = gpu_scale.cifar_mobilenet_v2(0.5).eval()
+    assert mobilenet(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert mobilenet.features[0][0].stride == (1, 1)
