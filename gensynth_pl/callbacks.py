@@ -29,6 +29,7 @@ from gensynth_pl.graph import Architecture, NetworkGraph
 from gensynth_pl.inquisitor import CycleOutcome, Inquisitor, Probe, ProbeResult
 from gensynth_pl.metrics import NetScoreUnits, NetworkReport, macs_per_module
 from gensynth_pl.report import SynthesisRecord, cycle_header, cycle_row, final_summary, pareto_plot
+from gensynth_pl.torch_utils import cpu_state_dict
 
 
 PARETO_FILE = "pareto.png"
@@ -210,12 +211,12 @@ class GenerativeSynthesis(Callback):
             "removable_blocks": self.graph.removable_blocks,
             "generator": self.generator.state_dict(),
             "inquisitor": self.inquisitor.state_dict(),
-            "gate": {"bound": self.gate.bound, "prototype_metric": self.gate.prototype_metric},
+            "gate": self.gate.state_dict(),
             "record": dataclasses.asdict(self.record),
             "candidate": None if self.candidate_arch is None else self.candidate_arch.to_dict(),
             "candidate_seed": self.candidate_seed,
             "best_arch": self.best_arch.to_dict(),
-            "best_weights": {k: v.detach().cpu().clone() for k, v in self.best_network.state_dict().items()},
+            "best_weights": cpu_state_dict(self.best_network),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -232,16 +233,14 @@ class GenerativeSynthesis(Callback):
         self.generator = Generator(prototype, self.graph, self.min_channels, self.prototype_config)
         self.generator.load_state_dict(state["generator"])
         self.inquisitor.load_state_dict(state["inquisitor"])
-        self.gate.bound, self.gate.prototype_metric = state["gate"]["bound"], state["gate"]["prototype_metric"]
+        self.gate.load_state_dict(state["gate"])
         self.record = SynthesisRecord(**state["record"])
         self.candidate_seed = state["candidate_seed"]
-        full = self.graph.full_architecture()
         self.best_arch = Architecture.from_dict(state["best_arch"])
-        self.best_network = self.graph.materialize(self.generator.prototype, full, self.best_arch)
-        self.best_network.load_state_dict(state["best_weights"])
+        self.best_network = self.graph.rebuild(self.generator.prototype, self.best_arch, state["best_weights"])
         if state["candidate"]:  # Lightning loads the candidate's weights right after setup
             self.candidate_arch = Architecture.from_dict(state["candidate"])
-            candidate = self.graph.materialize(self.generator.prototype, full, self.candidate_arch)
+            candidate = self.graph.rebuild(self.generator.prototype, self.candidate_arch)
             setattr(pl_module, self.network_attr, candidate.to(pl_module.device))
         self._restored = True
 

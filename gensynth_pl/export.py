@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from gensynth_pl.graph import Architecture, NetworkGraph
+from gensynth_pl.torch_utils import cpu_state_dict, evaluating
 
 SPEC_FILE, WEIGHTS_FILE, ONNX_FILE = "architecture.json", "weights.pt", "network.onnx"
 
@@ -35,7 +36,7 @@ def save_network(
         "report": report or {},
     }
     (directory / SPEC_FILE).write_text(json.dumps(spec, indent=2))
-    torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, directory / WEIGHTS_FILE)
+    torch.save(cpu_state_dict(network), directory / WEIGHTS_FILE)
     return directory
 
 
@@ -56,19 +57,15 @@ def load_network(directory: str | Path, prototype: nn.Module | None = None) -> n
         prototype = instantiate(spec["prototype"])
     input_shape = tuple(spec["input_shape"])
     graph = NetworkGraph.trace(prototype, input_shape, spec["output_layers"], spec["removable_blocks"])
-    arch = Architecture.from_dict(spec["architecture"])
-    network = graph.materialize(prototype, graph.full_architecture(), arch)
-    network.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-    return network.eval()
+    weights = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    return graph.rebuild(prototype, Architecture.from_dict(spec["architecture"]), weights).eval()
 
 
 def export_onnx(network: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
     """Export with a dynamic batch dimension (legacy TorchScript exporter: no extra tracing deps)."""
     path = Path(path)
-    was_training = network.training
-    network.eval()
     example = torch.zeros((1, *input_shape), device=next(network.parameters()).device)
-    try:
+    with evaluating(network):
         torch.onnx.export(
             network,
             (example,),
@@ -78,6 +75,4 @@ def export_onnx(network: nn.Module, input_shape: tuple[int, ...], path: str | Pa
             dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
             dynamo=False,
         )
-    finally:
-        network.train(was_training)
     return path

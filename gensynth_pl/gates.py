@@ -45,6 +45,17 @@ class Gate:
             return f"{self.monitor} {op} {bound} (prototype {base} {sign} {self.threshold:g})"
         return f"{self.monitor} {op} {bound}"
 
+    @classmethod
+    def from_record(cls, record: dict) -> "Gate":
+        """The resolved, absolute gate a run recorded (``to_dict``: generator file, summary.json)."""
+        return cls(record["metric"], record["threshold"], relative=False, higher_is_better=record.get("higher_is_better", True))
+
+    def state_dict(self) -> dict:
+        return {"bound": self.bound, "prototype_metric": self.prototype_metric}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bound, self.prototype_metric = state["bound"], state["prototype_metric"]
+
     def to_dict(self) -> dict:
         return {
             "metric": self.monitor,

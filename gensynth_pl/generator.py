@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from gensynth_pl.graph import Architecture, NetworkGraph
+from gensynth_pl.torch_utils import cpu_state_dict
 
 KEEP_LOGIT = 20.0  # G_0 keeps every channel: a channel is dropped with probability sigmoid(-20) ~ 2e-9
 DROP_LOGIT = -20.0  # channels a parent no longer has
@@ -124,8 +125,7 @@ class Generator:
             "block_logits": dict(self.block_logits),
             "passing_logits": self._passing_logits,
             "lineage": [
-                (arch.to_dict(), {k: v.detach().cpu().clone() for k, v in network.state_dict().items()})
-                for arch, network in self.lineage
+                (arch.to_dict(), cpu_state_dict(network)) for arch, network in self.lineage
             ],
         }
 
@@ -137,9 +137,7 @@ class Generator:
         lineage = []
         for arch_dict, weights in state["lineage"]:
             arch = Architecture.from_dict(arch_dict)
-            network = self.graph.materialize(self.prototype, self.graph.full_architecture(), arch)
-            network.load_state_dict(weights)
-            lineage.append((arch, network))
+            lineage.append((arch, self.graph.rebuild(self.prototype, arch, weights)))
         self.prototype = lineage[0][1]
         self.channel_logits = {g: t.clone() for g, t in state["channel_logits"].items()}
         self.block_logits = dict(state["block_logits"])

@@ -13,6 +13,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from gensynth_pl.torch_utils import evaluating
+
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 _CHANNEL_TYPES = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
@@ -63,12 +65,19 @@ def _example_input(module: nn.Module, input_shape: tuple[int, ...]) -> torch.Ten
 
 
 def _dependency_graph(module: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
-    was_training = module.training
-    module.eval()
-    try:
+    with evaluating(module):
         return tp.DependencyGraph().build_dependency(module, example_inputs=_example_input(module, input_shape))
+
+
+def _forward_with_hooks(model: nn.Module, input_shape: tuple[int, ...], hooks: dict[str, object]):
+    """One eval-mode forward pass at batch 1 with temporary forward hooks on the named submodules."""
+    handles = [model.get_submodule(name).register_forward_hook(hook) for name, hook in hooks.items()]
+    try:
+        with evaluating(model), torch.no_grad():
+            return model(_example_input(model, input_shape))
     finally:
-        module.train(was_training)
+        for handle in handles:
+            handle.remove()
 
 
 def find_output_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
@@ -81,20 +90,8 @@ def find_output_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[s
 
         return hook
 
-    hooks = [
-        module.register_forward_hook(record(name))
-        for name, module in model.named_modules()
-        if isinstance(module, PRUNABLE_TYPES)
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            outputs = model(_example_input(model, input_shape))
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
+    hooks = {name: record(name) for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)}
+    outputs = _forward_with_hooks(model, input_shape, hooks)
     if isinstance(outputs, dict):
         outputs = list(outputs.values())
     elif isinstance(outputs, torch.Tensor):
@@ -192,6 +189,13 @@ class NetworkGraph:
         if unknown:
             raise ValueError(f"blocks {sorted(unknown)} are not removable blocks of this prototype")
 
+    def rebuild(self, prototype: nn.Module, arch: Architecture, weights: dict | None = None) -> nn.Module:
+        """``arch`` cut from the full prototype, with saved ``weights`` loaded: how stored networks come back."""
+        network = self.materialize(prototype, self.full_architecture(), arch)
+        if weights is not None:
+            network.load_state_dict(weights)
+        return network
+
     def materialize(self, source: nn.Module, source_arch: Architecture, arch: Architecture) -> nn.Module:
         """A physically smaller copy of ``source`` (whose own spec is ``source_arch``) shaped as ``arch``.
 
@@ -230,16 +234,7 @@ def _check_blocks_keep_shape(model: nn.Module, input_shape: tuple[int, ...], blo
 
         return hook
 
-    hooks = [model.get_submodule(name).register_forward_hook(record(name)) for name in blocks]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(_example_input(model, input_shape))
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
+    _forward_with_hooks(model, input_shape, {name: record(name) for name in blocks})
     for name in blocks:
         if name not in shapes or shapes[name][0] != shapes[name][1]:
             raise ValueError(f"block '{name}' cannot be removed: its output shape differs from its input shape {shapes.get(name)}")

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from gensynth_pl.torch_utils import evaluating
+
 
 @dataclass(frozen=True)
 class NetScoreUnits:
@@ -26,15 +28,10 @@ def count_params(module: nn.Module) -> int:
 
 def _run_counted(module: nn.Module, input_shape: tuple[int, ...]) -> FlopCounterMode:
     """Run one batch-1 forward pass in eval mode under FlopCounterMode; restores the training flag."""
-    was_training = module.training
-    module.eval()
     device = next(module.parameters()).device
     counter = FlopCounterMode(display=False)
-    try:
-        with counter, torch.no_grad():
-            module(torch.zeros((1, *input_shape), device=device))
-    finally:
-        module.train(was_training)
+    with evaluating(module), counter, torch.no_grad():
+        module(torch.zeros((1, *input_shape), device=device))
     return counter
 
 

@@ -14,11 +14,6 @@ from gensynth_pl.metrics import NetworkReport
 from gensynth_pl.module import SynthesisModule
 
 
-def gate_from_record(gate: dict) -> Gate:
-    """The resolved (absolute) gate a run recorded in its generator file / summary.json."""
-    return Gate(gate["metric"], gate["threshold"], relative=False, higher_is_better=gate.get("higher_is_better", True))
-
-
 def sample_networks(
     generator_path: str | Path,
     datamodule: L.LightningDataModule,
@@ -41,7 +36,7 @@ def sample_networks(
     generator, extra = Generator.load(generator_path)
     if "gate" not in extra:
         raise ValueError(f"{generator_path} records no gate; it was not written by a synthesis run")
-    gate = gate_from_record(extra["gate"])
+    gate = Gate.from_record(extra["gate"])
     settings = dict(
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
     )

@@ -1,0 +1,23 @@
+"""Small module helpers shared by the engine."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import Tensor, nn
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for one trace or measurement (batch-1 BatchNorm needs it), then the caller's mode back."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def cpu_state_dict(module: nn.Module) -> dict[str, Tensor]:
+    """A detached CPU copy of a module's state, safe to keep or save while the module trains on."""
+    return {key: value.detach().cpu().clone() for key, value in module.state_dict().items()}
