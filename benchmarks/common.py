@@ -32,7 +32,7 @@ from gensynth_pl.graph import find_output_layers
 from gensynth_pl.inquisitor import Inquisitor, Probe
 from gensynth_pl.latency import measure_latency
 from gensynth_pl.metrics import information_density, netscore
-from gensynth_pl.module import SynthesisModule, Task
+from gensynth_pl.module import SynthesisModule, Task, cosine_per_phase
 
 MAC_TOLERANCE = 0.05  # "matched MACs": within 5% of the generated network's MACs
 MONITOR = "val/acc"
@@ -118,9 +118,9 @@ def train(
     schedule: Schedule,
     callbacks: list[Callback] | None = None,
 ) -> tuple[SynthesisModule, float]:
-    """Fit ``network`` with the library's module and default optimizer; returns it and its last validation metric."""
+    """Fit ``network`` with the library's module, default optimizer and per-phase cosine schedule; returns it and its last validation metric."""
     L.seed_everything(schedule.seed, workers=True, verbose=False)
-    module = SynthesisModule(network, task)
+    module = SynthesisModule(network, task, scheduler=cosine_per_phase)
     trainer = make_trainer(epochs, schedule, callbacks)
     trainer.fit(module, datamodule=datamodule)
     return module, float(trainer.callback_metrics[MONITOR])

@@ -103,6 +103,11 @@ class GenerativeSynthesis(Callback):
     def total_epochs(self) -> int:
         return self.prototype_epochs + self.cycles * self.epochs_per_cycle
 
+    @property
+    def phase_epochs(self) -> int:
+        """Epochs of the phase being trained: the prototype's until the first candidate exists, then a cycle's."""
+        return self.prototype_epochs if self.candidate_arch is None else self.epochs_per_cycle
+
     # --- schedule ----------------------------------------------------------------------------------
     def _phase(self, epoch: int) -> int:
         """0 while training the prototype, k during cycle k."""
@@ -388,3 +393,13 @@ def _print(trainer: L.Trainer, text: str) -> None:
         return
     bar = trainer.progress_bar_callback
     (bar.print if bar is not None and hasattr(bar, "print") else print)(text)
+
+
+def phase_steps(trainer: L.Trainer) -> int:
+    """Optimizer steps in the phase about to be trained, for a learning-rate schedule that restarts with every
+    generated network (call it from ``configure_optimizers``); the whole fit when no synthesis callback runs."""
+    total = int(trainer.estimated_stepping_batches)
+    synthesis = next((c for c in trainer.callbacks if isinstance(c, GenerativeSynthesis)), None)
+    if synthesis is None or not trainer.max_epochs or trainer.max_epochs < 0:
+        return total
+    return math.ceil(total / trainer.max_epochs) * synthesis.phase_epochs

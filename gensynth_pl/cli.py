@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gensynth_pl.export import ONNX_FILE, SPEC_FILE, export_onnx, load_network
 from gensynth_pl.latency import measure_latency, verify_onnx
+from gensynth_pl.pipeline import optimization
 from gensynth_pl.sampling import sample_networks
 
 SAMPLE_COLUMNS = ("seed", "params", "macs", "metric", "netscore", "gate_passed")
@@ -39,7 +40,7 @@ def generate(cfg: DictConfig) -> None:
         instantiate(run_cfg.task),
         seeds,
         finetune_epochs=cfg.finetune_epochs,
-        optimizer=instantiate(run_cfg.optimizer),
+        **optimization(run_cfg),
         temperature=cfg.temperature,
         output_dir=out,
     )

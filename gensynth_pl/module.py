@@ -9,6 +9,10 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
+from gensynth_pl.callbacks import phase_steps
+
+SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
+
 
 class Task(Protocol):
     """What a task plugs into the module: its loss and its torchmetrics (the gate reads one of them)."""
@@ -24,13 +28,23 @@ class Task(Protocol):
         """The arguments of ``metrics().update`` (e.g. decoded boxes for detection)."""
 
 
+def cosine_per_phase(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine decay to zero over one phase: every generated network gets a full fine-tuning schedule of its own
+    instead of inheriting the tail of a run-long one."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+
+
 class SynthesisModule(L.LightningModule):
+    """``scheduler(optimizer, steps)`` is rebuilt for every phase (the prototype's, then each cycle's) with the
+    optimizer steps that phase has (:func:`phase_steps`), and stepped after every optimizer step; ``None`` keeps
+    the learning rate constant."""
+
     def __init__(
         self,
         net: nn.Module,
         task: Task,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__()
         self.net, self.task = net, task
@@ -64,4 +78,5 @@ class SynthesisModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.net.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        scheduler = self.scheduler_factory(optimizer, phase_steps(self.trainer))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -14,6 +14,11 @@ from gensynth_pl.module import SynthesisModule
 from gensynth_pl.report import SynthesisRecord
 
 
+def optimization(cfg: DictConfig) -> dict:
+    """The run's optimizer and per-phase scheduler factories (``scheduler: null`` keeps the learning rate constant)."""
+    return {"optimizer": instantiate(cfg.optimizer), "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None}
+
+
 def synthesize(cfg: DictConfig) -> tuple[SynthesisRecord, GenerativeSynthesis]:
     """Train the prototype, run the synthesis cycles, write the run directory; returns the record."""
     L.seed_everything(cfg.seed, workers=True)
@@ -21,8 +26,7 @@ def synthesize(cfg: DictConfig) -> tuple[SynthesisRecord, GenerativeSynthesis]:
     datamodule = instantiate(cfg.data)
     task = instantiate(cfg.task)
     network = instantiate(cfg.model)
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    module = SynthesisModule(network, task, instantiate(cfg.optimizer), scheduler)
+    module = SynthesisModule(network, task, **optimization(cfg))
     synthesis: GenerativeSynthesis = instantiate(
         cfg.synthesis,
         gate=instantiate(cfg.gate),

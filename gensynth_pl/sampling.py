@@ -11,7 +11,7 @@ from gensynth_pl.export import save_network
 from gensynth_pl.gates import Gate
 from gensynth_pl.generator import Generator
 from gensynth_pl.metrics import NetworkReport
-from gensynth_pl.module import SynthesisModule
+from gensynth_pl.module import SchedulerFactory, SynthesisModule
 
 
 def sample_networks(
@@ -21,6 +21,7 @@ def sample_networks(
     seeds: Iterable[int],
     finetune_epochs: int = 1,
     optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+    scheduler: SchedulerFactory | None = None,
     temperature: float = 1.0,
     output_dir: str | Path | None = None,
     trainer_kwargs: dict | None = None,
@@ -44,7 +45,7 @@ def sample_networks(
     rows = []
     for seed in seeds:
         arch = generator.sample(int(seed), temperature)
-        module = SynthesisModule(generator.build(arch), task, optimizer)
+        module = SynthesisModule(generator.build(arch), task, optimizer, scheduler)
         trainer = L.Trainer(max_epochs=finetune_epochs, **settings)
         if finetune_epochs > 0:
             trainer.fit(module, datamodule=datamodule)

@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from gensynth_pl import Gate, GenerativeSynthesis, Inquisitor, SynthesisModule, count_macs, load_network
+from gensynth_pl.module import cosine_per_phase
 from gensynth_pl.data import SyntheticDataModule
 from gensynth_pl.models import cifar_resnet
 from gensynth_pl.sampling import sample_networks
@@ -149,3 +150,28 @@ def test_misconfigured_synthesis_fails_before_training_with_the_fix(tiny_data):
         quiet_trainer(callback.total_epochs, [tiny_callback(Gate("val/acc"), network_attr="backbone")]).fit(
             UserModule(), datamodule=tiny_data
         )
+
+
+class LearningRates(L.Callback):
+    """The learning rate of every optimizer step, per epoch."""
+
+    def __init__(self) -> None:
+        self.per_epoch: dict[int, list[float]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        self.per_epoch.setdefault(trainer.current_epoch, []).append(lr)
+
+
+def test_cosine_schedule_restarts_for_every_generated_network(tiny_resnet, tiny_data):
+    module = SynthesisModule(tiny_resnet, ClassificationTask(4), scheduler=cosine_per_phase)
+    callback = tiny_callback(Gate("val/acc", 1.0, relative=True), prototype_epochs=2)
+    rates = LearningRates()
+    quiet_trainer(callback.total_epochs, [callback, rates]).fit(module, datamodule=tiny_data)
+    prototype = rates.per_epoch[0] + rates.per_epoch[1]  # one cosine over both prototype epochs
+    assert prototype[0] == pytest.approx(0.05) and prototype == sorted(prototype, reverse=True)
+    assert prototype[-1] < 0.002
+    for cycle_epoch in (2, 3):  # each candidate restarts at the full rate and decays within its own cycle
+        cycle = rates.per_epoch[cycle_epoch]
+        assert cycle[0] == pytest.approx(0.05) and cycle == sorted(cycle, reverse=True) and cycle[-1] < 0.01
+    assert len(rates.per_epoch[2]) == len(rates.per_epoch[0])
