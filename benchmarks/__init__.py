@@ -1,7 +1,6 @@
-"""Benchmark suite (issue #6): synthesis quality at matched MACs, inference speed, synthesis overhead, GPU scale.
+"""Benchmark suite (issue #6): scripts that print a table and write JSON.
 
-Segmentation (CamVid) and detection (Penn-Fudan) benchmarks are not here yet: those tasks do not exist on this
-branch. Once they land on main, their benchmarks plug into ``benchmarks.common.compare`` with the task's
-datamodule, task object and prototype (the gate metric is read from ``common.MONITOR``, which would become an
-argument).
+synthesis_quality (CIFAR-10, CPU scale) and gpu_scale compare our best generated network with pruning and
+width-scaled baselines at matched MACs; inference_speed and synthesis_overhead read or run a synthesis;
+task_runs runs the segmentation (CamVid) and detection (Penn-Fudan) experiments.
 """

@@ -1,0 +1,90 @@
+"""Segmentation (CamVid) and detection (Penn-Fudan) at CPU scale: the prototype against the best generated network.
+
+Each run is exactly ``python train.py experiment=<experiment> data.root=<root>`` (composed in-process, so
+the numbers are what a user of ``train.py`` gets), with its run directory under the output's folder.
+
+    python -m benchmarks.task_runs                                   # both, data from ../shared/datasets
+    python -m benchmarks.task_runs --tasks detection --pennfudan-root /data/pennfudan
+    python -m benchmarks.task_runs --synthetic --override synthesis.cycles=2    # the tasks' generated data
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from benchmarks.common import Stopwatch, machine, write_json
+from gensynth_pl.cli import CONF_DIR
+from gensynth_pl.pipeline import synthesize
+
+EXPERIMENTS = {"segmentation": "camvid_cpu", "detection": "pennfudan_cpu"}
+HEADERS = ("task", "network", "metric", "value", "params", "MACs", "MACs x", "NetScore", "cycle", "wall s")
+
+
+def overrides(task: str, args: argparse.Namespace) -> list[str]:
+    """The train.py command line of one task's run."""
+    if args.synthetic:
+        chosen = [f"task={task}"]
+    else:
+        chosen = [f"experiment={EXPERIMENTS[task]}", f"data.root={getattr(args, f'{task}_root')}"]
+    return [*chosen, f"output_dir={args.output.with_suffix('') / task}", f"seed={args.seed}", *args.override]
+
+
+def run_task(task: str, args: argparse.Namespace) -> dict:
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides(task, args))
+    with Stopwatch() as watch:
+        record, _ = synthesize(cfg)
+    summary = record.to_dict()
+    return {
+        "task": task,
+        "overrides": overrides(task, args),
+        "monitor": cfg.gate.monitor,
+        "gate": summary["gate"],
+        "prototype": summary["prototype"],
+        "best": summary["best"],
+        "best_cycle": summary["best_cycle"],
+        "cycles_accepted": sum(c["accepted"] for c in summary["cycles"]),
+        "cycles": len(summary["cycles"]),
+        "wall_s": round(watch.wall, 1),
+        "run_dir": str(cfg.output_dir),
+    }
+
+
+def format_runs(runs: list[dict]) -> str:
+    lines = [" | ".join(HEADERS)]
+    for run in runs:
+        for name, row in (("prototype", run["prototype"]), ("best", run["best"])):
+            cycle = run["best_cycle"] if name == "best" else 0
+            cells = (run["task"], name, run["monitor"], f"{row['metric']:.4f}", f"{row['params']:,}", f"{row['macs']:,}",
+                     f"{run['prototype']['macs'] / row['macs']:.2f}", f"{row['netscore']:.2f}", str(cycle),
+                     f"{run['wall_s']:.0f}" if name == "best" else "")
+            lines.append(" | ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", nargs="+", choices=tuple(EXPERIMENTS), default=list(EXPERIMENTS))
+    p.add_argument("--segmentation-root", default="../shared/datasets/camvid", help="CamVid in the SegNet layout")
+    p.add_argument("--detection-root", default="../shared/datasets/pennfudan", help="Penn-Fudan in COCO format")
+    p.add_argument("--synthetic", action="store_true", help="each task's generated data instead of its experiment")
+    p.add_argument("--override", nargs="*", default=[], help="extra train.py overrides for every run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", type=Path, default=Path("outputs/benchmarks/task_runs.json"))
+    args = p.parse_args(argv)
+    result = {"config": vars(args), "machine_start": machine(), "runs": []}
+    for task in args.tasks:
+        result["runs"].append(run_task(task, args))
+        write_json(args.output, result)  # a finished task is kept if a later one fails
+    result["machine_end"] = machine()
+    result["table"] = format_runs(result["runs"])
+    write_json(args.output, result)
+    print(result["table"])
+    print(f"written to {args.output}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
