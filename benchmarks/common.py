@@ -32,7 +32,7 @@ from gensynth_pl.graph import find_output_layers
 from gensynth_pl.inquisitor import Inquisitor, Probe
 from gensynth_pl.latency import measure_latency
 from gensynth_pl.metrics import information_density, netscore
-from gensynth_pl.module import SynthesisModule, Task, cosine_per_phase
+from gensynth_pl.module import DEFAULT_LR, SynthesisModule, Task, cosine_per_phase, sgd
 
 MAC_TOLERANCE = 0.05  # "matched MACs": within 5% of the generated network's MACs
 MONITOR = "val/acc"
@@ -49,6 +49,8 @@ class Schedule:
     probe_batches: int = 16
     gate_drop: float = 0.01
     step: float = 0.3
+    channel_multiple: int = 8
+    finetune_lr_scale: float = 0.2
     seed: int = 0
     accelerator: str = "cpu"
     latency_repeats: int = 20
@@ -117,10 +119,13 @@ def train(
     epochs: int,
     schedule: Schedule,
     callbacks: list[Callback] | None = None,
+    fine_tuning: bool = False,
 ) -> tuple[SynthesisModule, float]:
-    """Fit ``network`` with the library's module, default optimizer and per-phase cosine schedule; returns it and its last validation metric."""
+    """Fit ``network`` with the library's module, optimizer and per-phase cosine schedule (at the synthesis's
+    fine-tuning rate when ``fine_tuning`` a pruned φ); returns it and its last validation metric."""
     L.seed_everything(schedule.seed, workers=True, verbose=False)
-    module = SynthesisModule(network, task, scheduler=cosine_per_phase)
+    lr_scale = schedule.finetune_lr_scale if fine_tuning else 1.0
+    module = SynthesisModule(network, task, functools.partial(sgd, lr=DEFAULT_LR * lr_scale), cosine_per_phase)
     trainer = make_trainer(epochs, schedule, callbacks)
     trainer.fit(module, datamodule=datamodule)
     return module, float(trainer.callback_metrics[MONITOR])
@@ -263,6 +268,8 @@ def run_synthesis(
         epochs_per_cycle=schedule.epochs_per_cycle,
         prototype_epochs=schedule.prototype_epochs,
         probe_batches=schedule.probe_batches,
+        channel_multiple=schedule.channel_multiple,
+        finetune_lr_scale=schedule.finetune_lr_scale,
         seed=schedule.seed,
         inquisitor=Inquisitor(step=schedule.step),
         input_shape=input_shape,
@@ -491,7 +498,7 @@ def compare(
         with Stopwatch() as watch:
             prune = channel_pruner(run.prototype, input_shape, importance, schedule.seed)
             network, ratio, _ = match_macs(prune, input_shape, target, 0.0, 0.95, increasing=False)
-            module, metric = train(network, datamodule, task, schedule.finetune_epochs, schedule)
+            module, metric = train(network, datamodule, task, schedule.finetune_epochs, schedule, fine_tuning=True)
         add(network_row(name, module.net, metric, input_shape, watch.wall, work_dir, repeats, pruning_ratio=ratio,
                         epochs=schedule.finetune_epochs))
 
@@ -506,7 +513,7 @@ def compare(
     with Stopwatch() as watch:
         network = copy.deepcopy(run.prototype)
         pruning, sparsity = unstructured_pruning(network, record.best["params"])
-        module, metric = train(network, datamodule, task, schedule.finetune_epochs, schedule, [pruning])
+        module, metric = train(network, datamodule, task, schedule.finetune_epochs, schedule, [pruning], fine_tuning=True)
     add(network_row("modelpruning_l1", module.net, metric, input_shape, watch.wall, work_dir, repeats,
                     params=count_nonzero(module.net), dense_params=count_params(module.net), weight_sparsity=sparsity,
                     epochs=schedule.finetune_epochs))

@@ -20,7 +20,7 @@ from gensynth_pl.tasks import ClassificationTask
 # MobileNetV2's stages for 32x32 inputs: stem and first downsampling stage at stride 1 (8x overall, not 32x)
 CIFAR_SETTING = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
 TINY = dict(synthetic=True, train_subset=64, val_size=64, image_size=16, batch_size=32, depth=8, width=8,
-            prototype_epochs=1, cycles=2, epochs_per_cycle=1, probe_batches=3, step=0.4, gate_drop=1.0,
+            prototype_epochs=1, cycles=2, epochs_per_cycle=1, probe_batches=3, step=0.4, gate_drop=1.0, channel_multiple=1,
             latency_repeats=2, output=Path("outputs/benchmarks/gpu_scale_tiny.json"))
 
 

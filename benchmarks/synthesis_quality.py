@@ -34,11 +34,14 @@ def parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--depth", type=int, default=20, help="prototype ResNet depth (6n+2)")
     p.add_argument("--width", type=int, default=16, help="prototype ResNet first-stage width")
-    p.add_argument("--prototype-epochs", type=int, default=6)
-    p.add_argument("--cycles", type=int, default=4)
-    p.add_argument("--epochs-per-cycle", type=int, default=1)
+    p.add_argument("--prototype-epochs", type=int, default=30)
+    p.add_argument("--cycles", type=int, default=5)
+    p.add_argument("--epochs-per-cycle", type=int, default=2)
     p.add_argument("--probe-batches", type=int, default=16)
     p.add_argument("--step", type=float, default=0.3, help="the inquisitor's first compression step")
+    p.add_argument("--channel-multiple", type=int, default=8, help="round generated widths to multiples of this (1: exact)")
+    p.add_argument("--finetune-lr-scale", type=float, default=0.2,
+                   help="learning rate of fine-tuning (our cycles and the pruned baselines) relative to φ's")
     p.add_argument("--gate-drop", type=float, default=0.01, help="allowed accuracy drop below the prototype")
     p.add_argument("--latency-repeats", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
@@ -63,7 +66,8 @@ def datamodule(args: argparse.Namespace) -> ImageFolderDataModule | SyntheticDat
 def schedule(args: argparse.Namespace) -> Schedule:
     return Schedule(
         prototype_epochs=args.prototype_epochs, cycles=args.cycles, epochs_per_cycle=args.epochs_per_cycle,
-        probe_batches=args.probe_batches, gate_drop=args.gate_drop, step=args.step, seed=args.seed,
+        probe_batches=args.probe_batches, gate_drop=args.gate_drop, step=args.step,
+        channel_multiple=args.channel_multiple, finetune_lr_scale=args.finetune_lr_scale, seed=args.seed,
         accelerator=args.device, latency_repeats=args.latency_repeats,
     )
 

@@ -52,6 +52,8 @@ class GenerativeSynthesis(Callback):
         seed: int = 0,
         temperature: float = 1.0,
         min_channels: float = 0.1,
+        channel_multiple: int = 1,
+        finetune_lr_scale: float = 0.2,
         network_attr: str = "net",
         inquisitor: Inquisitor | None = None,
         input_shape: tuple[int, ...] | None = None,
@@ -68,16 +70,20 @@ class GenerativeSynthesis(Callback):
             ("epochs_per_cycle", epochs_per_cycle, 1),
             ("prototype_epochs", prototype_epochs, 1),
             ("probe_batches", probe_batches, 1),
+            ("channel_multiple", channel_multiple, 1),
         ):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"synthesis.{name}={value!r} is invalid: it must be an integer >= {low}")
         if temperature <= 0:
             raise ValueError(f"synthesis.temperature={temperature} must be > 0")
+        if not 0 < finetune_lr_scale <= 1:
+            raise ValueError(f"synthesis.finetune_lr_scale={finetune_lr_scale} must be in (0, 1]")
         if not 0 < min_channels <= 1:
             raise ValueError(f"synthesis.min_channels={min_channels} must be a fraction in (0, 1]")
         self.gate, self.cycles, self.epochs_per_cycle = gate, cycles, epochs_per_cycle
         self.prototype_epochs, self.probe_batches, self.seed = prototype_epochs, probe_batches, seed
         self.temperature, self.min_channels, self.network_attr = temperature, min_channels, network_attr
+        self.channel_multiple, self.finetune_lr_scale = channel_multiple, finetune_lr_scale
         self.inquisitor = inquisitor or Inquisitor()
         self.input_shape = tuple(input_shape) if input_shape else None
         self.output_layers, self.removable_blocks = output_layers, removable_blocks
@@ -102,11 +108,6 @@ class GenerativeSynthesis(Callback):
     @property
     def total_epochs(self) -> int:
         return self.prototype_epochs + self.cycles * self.epochs_per_cycle
-
-    @property
-    def phase_epochs(self) -> int:
-        """Epochs of the phase being trained: the prototype's until the first candidate exists, then a cycle's."""
-        return self.prototype_epochs if self.candidate_arch is None else self.epochs_per_cycle
 
     # --- schedule ----------------------------------------------------------------------------------
     def _phase(self, epoch: int) -> int:
@@ -235,7 +236,7 @@ class GenerativeSynthesis(Callback):
         prototype = self._network(pl_module)  # freshly constructed: the prototype's architecture
         self.input_shape = tuple(state["input_shape"])
         self.graph = NetworkGraph.trace(prototype, self.input_shape, state["output_layers"], state["removable_blocks"])
-        self.generator = Generator(prototype, self.graph, self.min_channels, self.prototype_config)
+        self.generator = Generator(prototype, self.graph, self.min_channels, self.prototype_config, self.channel_multiple)
         self.generator.load_state_dict(state["generator"])
         self.inquisitor.load_state_dict(state["inquisitor"])
         self.gate.load_state_dict(state["gate"])
@@ -275,7 +276,7 @@ class GenerativeSynthesis(Callback):
             )
         self.gate.resolve(metric)
         self.record.gate = self.gate.to_dict()
-        self.generator = Generator(network, self.graph, self.min_channels, self.prototype_config)
+        self.generator = Generator(network, self.graph, self.min_channels, self.prototype_config, self.channel_multiple)
         passed = self.gate.passes(metric)
         report = self._measure(network, metric, passed)
         self.record.prototype = report.to_dict()
@@ -395,11 +396,22 @@ def _print(trainer: L.Trainer, text: str) -> None:
     (bar.print if bar is not None and hasattr(bar, "print") else print)(text)
 
 
-def phase_steps(trainer: L.Trainer) -> int:
-    """Optimizer steps in the phase about to be trained, for a learning-rate schedule that restarts with every
-    generated network (call it from ``configure_optimizers``); the whole fit when no synthesis callback runs."""
+@dataclasses.dataclass(frozen=True)
+class TrainingPhase:
+    """What ``configure_optimizers`` needs to know about the phase about to be trained."""
+
+    steps: int  # optimizer steps in the phase: size a schedule that restarts with every generated network
+    lr_scale: float  # multiply the optimizer's learning rates by this (fine-tuning a candidate vs training φ)
+
+
+def training_phase(trainer: L.Trainer) -> TrainingPhase:
+    """The phase about to be trained (the prototype's or a cycle's); the whole fit when no synthesis callback runs.
+    Call it from ``configure_optimizers``: the callback rebuilds the optimizers for every generated network."""
     total = int(trainer.estimated_stepping_batches)
     synthesis = next((c for c in trainer.callbacks if isinstance(c, GenerativeSynthesis)), None)
     if synthesis is None or not trainer.max_epochs or trainer.max_epochs < 0:
-        return total
-    return math.ceil(total / trainer.max_epochs) * synthesis.phase_epochs
+        return TrainingPhase(total, 1.0)
+    fine_tuning = synthesis.candidate_arch is not None
+    epochs = synthesis.epochs_per_cycle if fine_tuning else synthesis.prototype_epochs
+    lr_scale = synthesis.finetune_lr_scale if fine_tuning else 1.0
+    return TrainingPhase(math.ceil(total / trainer.max_epochs) * epochs, lr_scale)

@@ -44,6 +44,8 @@ class SynthesisConfig:
     seed: int = MISSING
     temperature: float = MISSING
     min_channels: float = MISSING
+    channel_multiple: int = MISSING
+    finetune_lr_scale: float = MISSING
     export_onnx: bool = MISSING
     inquisitor: InquisitorConfig = field(default_factory=InquisitorConfig)
 

@@ -38,13 +38,17 @@ class Generator:
         graph: NetworkGraph,
         min_channels: float = 0.1,
         prototype_config: dict | None = None,
+        channel_multiple: int = 1,
     ) -> None:
         if not 0.0 < min_channels <= 1.0:
             raise ValueError(f"min_channels={min_channels} must be a fraction in (0, 1]")
+        if not isinstance(channel_multiple, int) or channel_multiple < 1:
+            raise ValueError(f"channel_multiple={channel_multiple!r} must be an integer >= 1 (1: no rounding)")
         self.prototype = copy.deepcopy(prototype)
         self.prototype_config = prototype_config
         self.graph = graph
         self.min_channels = min_channels
+        self.channel_multiple = channel_multiple
         self.channel_logits = {g: torch.full((grp.size,), KEEP_LOGIT) for g, grp in self.graph.groups.items()}
         self.block_logits = {b: KEEP_LOGIT for b in self.graph.removable_blocks}
         self.lineage: list[tuple[Architecture, nn.Module]] = [(self.graph.full_architecture(), self.prototype)]
@@ -59,10 +63,11 @@ class Generator:
         removable_blocks: list[str] | None = None,
         min_channels: float = 0.1,
         prototype_config: dict | None = None,
+        channel_multiple: int = 1,
     ) -> "Generator":
         """G_0 for a prototype: traces its channel groups and keeps everything."""
         graph = NetworkGraph.trace(prototype, input_shape, output_layers, removable_blocks)
-        return cls(prototype, graph, min_channels, prototype_config)
+        return cls(prototype, graph, min_channels, prototype_config, channel_multiple)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -81,17 +86,33 @@ class Generator:
         return max(1, math.ceil(self.min_channels * self.graph.groups[group_id].size))
 
     def sample(self, seed: int, temperature: float = 1.0) -> Architecture:
-        """Draw an architecture: unit u kept iff θ_u / T + logistic noise(seed) > 0 (Bernoulli(σ(θ/T)))."""
+        """Draw an architecture: unit u kept iff θ_u / T + logistic noise(seed) > 0 (Bernoulli(σ(θ/T))), then
+        each group's width is brought to its floor and rounded to a ``channel_multiple`` by keeping or dropping
+        its most or least likely channels."""
         rng = torch.Generator().manual_seed(int(seed))
         blocks = {b: _bernoulli_keep(torch.tensor([logit]), rng, temperature).item() for b, logit in self.block_logits.items()}
+        drawn = {g: _bernoulli_keep(logits, rng, temperature) for g, logits in self.channel_logits.items()}
         channels = {}
-        for group_id, logits in self.channel_logits.items():
-            keep = _bernoulli_keep(logits, rng, temperature)
-            need = self.min_width(group_id)
-            if int(keep.sum()) < need:  # never cut a group below its floor: keep its most likely channels
-                keep[torch.topk(logits, need).indices] = True
+        for group_id, keep in drawn.items():  # rounding draws after all channels: the same draws for any multiple
+            width = self._allowed_width(group_id, int(keep.sum()), rng)
+            if width != int(keep.sum()):
+                keep = _keep_most_likely(keep, self.channel_logits[group_id], width)
             channels[group_id] = keep.nonzero().flatten().tolist()
         return Architecture(channels, sorted(b for b, kept in blocks.items() if not kept))
+
+    def _allowed_width(self, group_id: str, drawn: int, rng: torch.Generator) -> int:
+        """At least the group's floor, and a multiple of ``channel_multiple`` (or the group's full size).
+
+        Rounding is stochastic and unbiased (up with probability equal to the remainder's fraction), so the
+        expected saving the inquisitor aimed for survives rounding: nearest-rounding would turn every small
+        step back into the parent. Accepted parents have rounded widths, so rounding never exceeds the parent.
+        """
+        size, multiple = self.graph.groups[group_id].size, self.channel_multiple
+        width = max(drawn, self.min_width(group_id))
+        if multiple > 1:
+            up = torch.rand((), generator=rng).item() < (width % multiple) / multiple
+            width = max(multiple * (width // multiple + up), multiple * math.ceil(self.min_width(group_id) / multiple))
+        return min(width, size)
 
     def build(self, arch: Architecture) -> nn.Module:
         """Materialise ``arch`` from the most recent accepted network that still has all its channels."""
@@ -155,6 +176,7 @@ class Generator:
                 "output_layers": self.graph.output_layers,
                 "removable_blocks": self.graph.removable_blocks,
                 "min_channels": self.min_channels,
+                "channel_multiple": self.channel_multiple,
                 "state": self.state_dict(),
                 "extra": extra or {},
             },
@@ -177,9 +199,18 @@ class Generator:
             data["removable_blocks"],
             data["min_channels"],
             data["prototype_config"],
+            data.get("channel_multiple", 1),
         )
         generator.load_state_dict(data["state"])
         return generator, data["extra"]
+
+
+def _keep_most_likely(drawn: Tensor, logits: Tensor, width: int) -> Tensor:
+    """``width`` channels: the drawn ones by descending logit, then the undrawn ones by descending logit."""
+    ranked = [idx[logits[idx].argsort(descending=True, stable=True)] for idx in (drawn.nonzero().flatten(), (~drawn).nonzero().flatten())]
+    keep = torch.zeros_like(drawn)
+    keep[torch.cat(ranked)[:width]] = True
+    return keep
 
 
 def _bernoulli_keep(logits: Tensor, rng: torch.Generator, temperature: float) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
-from gensynth_pl.callbacks import phase_steps
+from gensynth_pl.callbacks import training_phase
 
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
 
@@ -28,6 +28,14 @@ class Task(Protocol):
         """The arguments of ``metrics().update`` (e.g. decoded boxes for detection)."""
 
 
+DEFAULT_LR = 0.05
+
+
+def sgd(params, lr: float = DEFAULT_LR) -> torch.optim.Optimizer:
+    """The default optimizer, the same as ``conf/train.yaml``'s."""
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+
+
 def cosine_per_phase(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Cosine decay to zero over one phase: every generated network gets a full fine-tuning schedule of its own
     instead of inheriting the tail of a run-long one."""
@@ -35,9 +43,9 @@ def cosine_per_phase(optimizer: torch.optim.Optimizer, steps: int) -> torch.opti
 
 
 class SynthesisModule(L.LightningModule):
-    """``scheduler(optimizer, steps)`` is rebuilt for every phase (the prototype's, then each cycle's) with the
-    optimizer steps that phase has (:func:`phase_steps`), and stepped after every optimizer step; ``None`` keeps
-    the learning rate constant."""
+    """The optimizer and ``scheduler(optimizer, steps)`` are rebuilt for every phase (the prototype's, then each
+    cycle's) from :func:`training_phase`: the learning rates scaled for fine-tuning a candidate, the scheduler
+    sized to the phase's optimizer steps and stepped after every one; ``scheduler=None`` keeps the rate constant."""
 
     def __init__(
         self,
@@ -48,7 +56,7 @@ class SynthesisModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.net, self.task = net, task
-        self.optimizer_factory = optimizer or (lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4))
+        self.optimizer_factory = optimizer or sgd
         self.scheduler_factory = scheduler
         self.val_metrics = task.metrics().clone(prefix="val/")
 
@@ -75,8 +83,11 @@ class SynthesisModule(L.LightningModule):
         self.val_metrics.reset()
 
     def configure_optimizers(self):
+        phase = training_phase(self.trainer)
         optimizer = self.optimizer_factory(self.net.parameters())
+        for group in optimizer.param_groups:  # before the scheduler records its initial rates
+            group["lr"] *= phase.lr_scale
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer, phase_steps(self.trainer))
+        scheduler = self.scheduler_factory(optimizer, phase.steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -5,14 +5,14 @@ import math
 import pytest
 import torch
 
-from benchmarks import gpu_scale, inference_speed, synthesis_overhead, synthesis_quality
+from benchmarks import gpu_scale, inference_speed, synthesis_overhead, synthesis_quality, task_runs
 from benchmarks.common import MAC_TOLERANCE, SynthesisTimer
 from gensynth_pl import count_macs, netscore
 from gensynth_pl.models import cifar_resnet
 
 TINY = ["--synthetic", "--train-subset", "64", "--val-size", "64", "--image-size", "16", "--batch-size", "32",
         "--depth", "8", "--width", "8", "--prototype-epochs", "1", "--cycles", "2", "--probe-batches", "2",
-        "--step", "0.4", "--gate-drop", "1.0", "--latency-repeats", "2"]
+        "--step", "0.4", "--gate-drop", "1.0", "--latency-repeats", "2", "--channel-multiple", "1"]
 LATENCY_KEYS = {"pytorch_b1", "pytorch_b64", "onnxruntime_b1", "onnxruntime_b64"}
 
 
@@ -106,3 +106,19 @@ def test_width_scaled_resnet_and_cifar_mobilenet_have_the_requested_shape():
     mobilenet = gpu_scale.cifar_mobilenet_v2(0.5).eval()
     assert mobilenet(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     assert mobilenet.features[0][0].stride == (1, 1)
+
+
+def test_task_runs_compare_segmentation_and_detection_prototypes_with_their_best_networks(tmp_path):
+    tiny = ["logger=none", "callbacks=none", "trainer.enable_progress_bar=false", "data.train_size=96", "data.noise=0.1",
+            "data.val_size=16", "synthesis.prototype_epochs=1", "synthesis.cycles=1", "synthesis.probe_batches=2",
+            "synthesis.inquisitor.step=0.4", "gate.threshold=1.0"]
+    result = task_runs.main(["--synthetic", "--output", str(tmp_path / "tasks.json"), "--override", *tiny])
+    runs = {run["task"]: run for run in result["runs"]}
+    assert runs["segmentation"]["monitor"] == "val/miou" and runs["detection"]["monitor"] == "val/map_50"
+    for task, run in runs.items():
+        summary = json.loads((tmp_path / "tasks" / task / "summary.json").read_text())
+        assert run["best"] == summary["best"] and run["prototype"] == summary["prototype"]
+        assert run["best"]["macs"] < run["prototype"]["macs"] and run["best_cycle"] == 1 and run["cycles_accepted"] == 1
+        assert run["best"]["netscore"] == pytest.approx(netscore(run["best"]["metric"], run["best"]["params"], run["best"]["macs"]))
+    assert json.loads((tmp_path / "tasks.json").read_text())["table"] == result["table"]
+    assert len(result["table"].splitlines()) == 5

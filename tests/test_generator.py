@@ -10,9 +10,9 @@ from gensynth_pl.models import cifar_resnet
 from conftest import TINY_SHAPE
 
 
-def learned_generator(prototype, step: float = 0.4) -> Generator:
+def learned_generator(prototype, step: float = 0.4, channel_multiple: int = 1) -> Generator:
     """A generator after one Δθ_G from an inquisitor with (seeded) random insights."""
-    generator = Generator.from_prototype(prototype, TINY_SHAPE)
+    generator = Generator.from_prototype(prototype, TINY_SHAPE, channel_multiple=channel_multiple)
     inquisitor = Inquisitor(step=step)
     torch.manual_seed(1)
     for group_id, group in generator.graph.groups.items():
@@ -81,3 +81,26 @@ def test_generator_file_round_trip_and_wrong_prototype(tmp_path):
         other.load_state_dict(generator.state_dict())
     with pytest.raises(FileNotFoundError, match="generator.pt"):
         Generator.load(tmp_path / "missing" / "generator.pt")
+
+
+def test_channel_multiple_rounds_every_sampled_width_and_keeps_the_most_likely_channels():
+    """Rounding to multiples of 8 keeps widths within one multiple of the draw, and is unbiased on average."""
+    exact = learned_generator(cifar_resnet(depth=14, width=16), step=0.5)
+    rounded = learned_generator(cifar_resnet(depth=14, width=16), step=0.5, channel_multiple=8)
+    for seed in range(4):
+        free, arch = exact.sample(seed), rounded.sample(seed)
+        assert any(len(kept) % 8 for kept in free.channels.values())  # without rounding widths fall anywhere
+        for group_id, kept in arch.channels.items():
+            assert len(kept) % 8 == 0 and abs(len(kept) - len(free.channels[group_id])) < 8
+            drawn, logits = set(free.channels[group_id]), rounded.channel_logits[group_id]
+            if len(kept) <= len(drawn):  # rounded down: a subset of the drawn channels, the most likely ones
+                assert set(kept) <= drawn and min(logits[kept]) >= max(logits[sorted(drawn - set(kept))], default=-1e9)
+            else:  # rounded up: every drawn channel plus the most likely of the others
+                assert drawn <= set(kept)
+        network = rounded.build(arch)
+        assert count_macs(network, TINY_SHAPE) < count_macs(rounded.prototype, TINY_SHAPE)
+    drawn = [sum(map(len, exact.sample(seed).channels.values())) for seed in range(40)]
+    kept = [sum(map(len, rounded.sample(seed).channels.values())) for seed in range(40)]
+    assert abs(sum(kept) - sum(drawn)) / sum(drawn) < 0.05  # nearest-rounding would snap small cuts back up
+    with pytest.raises(ValueError, match="channel_multiple"):
+        Generator.from_prototype(cifar_resnet(depth=8, width=8), TINY_SHAPE, channel_multiple=0)

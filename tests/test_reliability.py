@@ -1,6 +1,5 @@
 """Interruption, multiple processes, determinism and bad input: nothing lost, clear errors."""
 import json
-import os
 import random
 import signal
 import subprocess

@@ -163,15 +163,15 @@ class LearningRates(L.Callback):
         self.per_epoch.setdefault(trainer.current_epoch, []).append(lr)
 
 
-def test_cosine_schedule_restarts_for_every_generated_network(tiny_resnet, tiny_data):
+def test_cosine_schedule_restarts_for_every_generated_network_at_the_fine_tuning_rate(tiny_resnet, tiny_data):
     module = SynthesisModule(tiny_resnet, ClassificationTask(4), scheduler=cosine_per_phase)
-    callback = tiny_callback(Gate("val/acc", 1.0, relative=True), prototype_epochs=2)
+    callback = tiny_callback(Gate("val/acc", 1.0, relative=True), prototype_epochs=2, finetune_lr_scale=0.2)
     rates = LearningRates()
     quiet_trainer(callback.total_epochs, [callback, rates]).fit(module, datamodule=tiny_data)
     prototype = rates.per_epoch[0] + rates.per_epoch[1]  # one cosine over both prototype epochs
     assert prototype[0] == pytest.approx(0.05) and prototype == sorted(prototype, reverse=True)
     assert prototype[-1] < 0.002
-    for cycle_epoch in (2, 3):  # each candidate restarts at the full rate and decays within its own cycle
+    for cycle_epoch in (2, 3):  # each candidate restarts at the fine-tuning rate and decays within its own cycle
         cycle = rates.per_epoch[cycle_epoch]
-        assert cycle[0] == pytest.approx(0.05) and cycle == sorted(cycle, reverse=True) and cycle[-1] < 0.01
+        assert cycle[0] == pytest.approx(0.01) and cycle == sorted(cycle, reverse=True) and cycle[-1] < 0.002
     assert len(rates.per_epoch[2]) == len(rates.per_epoch[0])
