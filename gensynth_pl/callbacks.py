@@ -407,11 +407,18 @@ class TrainingPhase:
 def training_phase(trainer: L.Trainer) -> TrainingPhase:
     """The phase about to be trained (the prototype's or a cycle's); the whole fit when no synthesis callback runs.
     Call it from ``configure_optimizers``: the callback rebuilds the optimizers for every generated network."""
-    total = int(trainer.estimated_stepping_batches)
+    total = trainer.estimated_stepping_batches  # also loads the training dataloader when called first
     synthesis = next((c for c in trainer.callbacks if isinstance(c, GenerativeSynthesis)), None)
-    if synthesis is None or not trainer.max_epochs or trainer.max_epochs < 0:
-        return TrainingPhase(total, 1.0)
-    fine_tuning = synthesis.candidate_arch is not None
-    epochs = synthesis.epochs_per_cycle if fine_tuning else synthesis.prototype_epochs
-    lr_scale = synthesis.finetune_lr_scale if fine_tuning else 1.0
-    return TrainingPhase(math.ceil(total / trainer.max_epochs) * epochs, lr_scale)
+    if synthesis is None:
+        if not math.isfinite(total):
+            raise ValueError("the learning-rate schedule needs a finite run: set trainer.max_epochs or max_steps")
+        return TrainingPhase(int(total), 1.0)
+    if not math.isfinite(trainer.num_training_batches):
+        raise ValueError(
+            "the per-phase learning-rate schedule needs the number of training batches per epoch: use a sized "
+            "training dataloader (or set scheduler=null)"
+        )
+    per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+    if synthesis.candidate_arch is None:
+        return TrainingPhase(per_epoch * synthesis.prototype_epochs, 1.0)
+    return TrainingPhase(per_epoch * synthesis.epochs_per_cycle, synthesis.finetune_lr_scale)

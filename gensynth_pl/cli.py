@@ -41,6 +41,7 @@ def generate(cfg: DictConfig) -> None:
         seeds,
         finetune_epochs=cfg.finetune_epochs,
         **optimization(run_cfg),
+        finetune_lr_scale=run_cfg.synthesis.get("finetune_lr_scale", 1.0),
         temperature=cfg.temperature,
         output_dir=out,
     )

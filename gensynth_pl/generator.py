@@ -96,7 +96,8 @@ class Generator:
         for group_id, keep in drawn.items():  # rounding draws after all channels: the same draws for any multiple
             width = self._allowed_width(group_id, int(keep.sum()), rng)
             if width != int(keep.sum()):
-                keep = _keep_most_likely(keep, self.channel_logits[group_id], width)
+                parent = self.parent_arch.channels[group_id]
+                keep = _keep_most_likely(keep, self.channel_logits[group_id], parent, width)
             channels[group_id] = keep.nonzero().flatten().tolist()
         return Architecture(channels, sorted(b for b, kept in blocks.items() if not kept))
 
@@ -205,9 +206,13 @@ class Generator:
         return generator, data["extra"]
 
 
-def _keep_most_likely(drawn: Tensor, logits: Tensor, width: int) -> Tensor:
-    """``width`` channels: the drawn ones by descending logit, then the undrawn ones by descending logit."""
-    ranked = [idx[logits[idx].argsort(descending=True, stable=True)] for idx in (drawn.nonzero().flatten(), (~drawn).nonzero().flatten())]
+def _keep_most_likely(drawn: Tensor, logits: Tensor, parent: list[int], width: int) -> Tensor:
+    """``width`` channels: the drawn ones, then the parent's other channels, then the rest, each by descending
+    logit, so that rounding up inherits the parent's weights instead of reviving channels it no longer has."""
+    in_parent = torch.zeros_like(drawn)
+    in_parent[parent] = True
+    tiers = (drawn, in_parent & ~drawn, ~in_parent & ~drawn)
+    ranked = [idx[logits[idx].argsort(descending=True, stable=True)] for idx in (t.nonzero().flatten() for t in tiers)]
     keep = torch.zeros_like(drawn)
     keep[torch.cat(ranked)[:width]] = True
     return keep

@@ -36,6 +36,13 @@ def sgd(params, lr: float = DEFAULT_LR) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
 
 
+def scale_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> torch.optim.Optimizer:
+    """Multiply every group's rate; call before building a scheduler, which records the rates it starts from."""
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+    return optimizer
+
+
 def cosine_per_phase(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Cosine decay to zero over one phase: every generated network gets a full fine-tuning schedule of its own
     instead of inheriting the tail of a run-long one."""
@@ -84,9 +91,7 @@ class SynthesisModule(L.LightningModule):
 
     def configure_optimizers(self):
         phase = training_phase(self.trainer)
-        optimizer = self.optimizer_factory(self.net.parameters())
-        for group in optimizer.param_groups:  # before the scheduler records its initial rates
-            group["lr"] *= phase.lr_scale
+        optimizer = scale_learning_rate(self.optimizer_factory(self.net.parameters()), phase.lr_scale)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, phase.steps)

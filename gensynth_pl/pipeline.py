@@ -16,7 +16,8 @@ from gensynth_pl.report import SynthesisRecord
 
 def optimization(cfg: DictConfig) -> dict:
     """The run's optimizer and per-phase scheduler factories (``scheduler: null`` keeps the learning rate constant)."""
-    return {"optimizer": instantiate(cfg.optimizer), "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None}
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return {"optimizer": instantiate(cfg.optimizer), "scheduler": scheduler}
 
 
 def synthesize(cfg: DictConfig) -> tuple[SynthesisRecord, GenerativeSynthesis]:
@@ -38,7 +39,10 @@ def synthesize(cfg: DictConfig) -> tuple[SynthesisRecord, GenerativeSynthesis]:
     synthesis.prototype_config = OmegaConf.to_container(cfg.model, resolve=True)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks = [synthesis, *(instantiate(c) for c in (cfg.get("callbacks") or {}).values())]
-    trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=synthesis.total_epochs, callbacks=callbacks, logger=logger)
+    trainer: L.Trainer = instantiate(  # default_root_dir: whatever Lightning writes by default stays in the run dir
+        cfg.trainer, max_epochs=synthesis.total_epochs, callbacks=callbacks, logger=logger,
+        default_root_dir=str(output_dir),
+    )
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     torch.set_float32_matmul_precision("high")

@@ -11,7 +11,7 @@ from gensynth_pl.export import save_network
 from gensynth_pl.gates import Gate
 from gensynth_pl.generator import Generator
 from gensynth_pl.metrics import NetworkReport
-from gensynth_pl.module import SchedulerFactory, SynthesisModule
+from gensynth_pl.module import SchedulerFactory, SynthesisModule, scale_learning_rate, sgd
 
 
 def sample_networks(
@@ -22,6 +22,7 @@ def sample_networks(
     finetune_epochs: int = 1,
     optimizer: Callable[..., torch.optim.Optimizer] | None = None,
     scheduler: SchedulerFactory | None = None,
+    finetune_lr_scale: float = 1.0,
     temperature: float = 1.0,
     output_dir: str | Path | None = None,
     trainer_kwargs: dict | None = None,
@@ -29,8 +30,8 @@ def sample_networks(
     """One row per seed: seed, params, MACs, metric, whether it passes the run's gate, widths.
 
     Each network inherits weights from its nearest accepted ancestor in the generator's lineage and is
-    fine-tuned for ``finetune_epochs`` (0: evaluate as built). With ``output_dir`` every network is
-    saved under ``<output_dir>/seed_<seed>`` (spec + weights).
+    fine-tuned for ``finetune_epochs`` (0: evaluate as built) at ``finetune_lr_scale`` times the optimizer's
+    rate. With ``output_dir`` every network is saved under ``<output_dir>/seed_<seed>`` (spec + weights).
     """
     if finetune_epochs < 0:
         raise ValueError(f"finetune_epochs={finetune_epochs} must be >= 0")
@@ -42,10 +43,13 @@ def sample_networks(
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
     )
     settings.update(trainer_kwargs or {})
+    def fine_tuning_optimizer(params) -> torch.optim.Optimizer:
+        return scale_learning_rate((optimizer or sgd)(params), finetune_lr_scale)
+
     rows = []
     for seed in seeds:
         arch = generator.sample(int(seed), temperature)
-        module = SynthesisModule(generator.build(arch), task, optimizer, scheduler)
+        module = SynthesisModule(generator.build(arch), task, fine_tuning_optimizer, scheduler)
         trainer = L.Trainer(max_epochs=finetune_epochs, **settings)
         if finetune_epochs > 0:
             trainer.fit(module, datamodule=datamodule)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gensynth_pl.generator import Generator
+from gensynth_pl.generator import DROP_LOGIT, Generator
 from gensynth_pl.graph import Architecture, NetworkGraph
 from gensynth_pl.inquisitor import Inquisitor
 from gensynth_pl.metrics import count_macs, macs_per_module
@@ -104,3 +104,16 @@ def test_channel_multiple_rounds_every_sampled_width_and_keeps_the_most_likely_c
     assert abs(sum(kept) - sum(drawn)) / sum(drawn) < 0.05  # nearest-rounding would snap small cuts back up
     with pytest.raises(ValueError, match="channel_multiple"):
         Generator.from_prototype(cifar_resnet(depth=8, width=8), TINY_SHAPE, channel_multiple=0)
+
+
+def test_rounding_up_never_revives_channels_the_parent_dropped():
+    generator = learned_generator(cifar_resnet(depth=14, width=16), step=0.5, channel_multiple=8)
+    parent = generator.sample(0)
+    generator.accept(parent, generator.build(parent))
+    assert any(len(kept) < generator.graph.groups[g].size for g, kept in parent.channels.items())
+    for logits in generator.channel_logits.values():  # every logit tied: the floor is filled by choice alone
+        logits.fill_(DROP_LOGIT)
+    for seed in range(10):
+        arch = generator.sample(seed)
+        assert all(set(arch.channels[g]) <= set(parent.channels[g]) for g in arch.channels)
+        assert all(len(kept) % 8 == 0 or len(kept) == generator.graph.groups[g].size for g, kept in arch.channels.items())
