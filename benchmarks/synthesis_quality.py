@@ -5,8 +5,8 @@ fixed budget, then, at the MACs of the best generated network (relative gate: at
 the same fine-tuning epochs: uniform L1 channel pruning, random channel pruning, a width-scaled ResNet-20
 trained from scratch, and Lightning's unstructured ModelPruning at the same parameter count.
 
-    python -m benchmarks.synthesis_quality                  # the full default (sized for ~60 min on 2 CPU cores)
-    python -m benchmarks.synthesis_quality --train-subset 2000 --val-size 1000 --prototype-epochs 5 --cycles 3 --step 0.4
+    python -m benchmarks.synthesis_quality                  # the full default: 54 min on 2 idle CPU cores
+    python -m benchmarks.synthesis_quality --train-subset 2000 --val-size 1000 --prototype-epochs 5 --cycles 3
 """
 from __future__ import annotations
 
