@@ -64,8 +64,8 @@ def test_multirun_sweep_gives_each_job_its_own_dir_and_offline_wandb_run(tmp_pat
                 "synthesis/information_density", "synthesis/gate_passed", "synthesis/step"} <= keys
         assert sorted(r["cycle"] for r in rows if "synthesis/macs" in r) == [0, 1, 2]
         assert any(k.startswith("synthesis/architectures") for k in keys) and any(k.startswith("synthesis/pareto") for k in keys)
-        tables = list((run_dir / "files" / "media" / "table").rglob("*.json"))
-        table = json.loads(tables[-1].read_text())
+        tables = (run_dir / "files" / "media" / "table").rglob("*.json")  # architectures_<step>_<hash>.table.json
+        table = json.loads(max(tables, key=lambda path: int(path.name.split("_")[1])).read_text())
         assert table["columns"][:3] == ["cycle", "seed", "accepted"] and len(table["data"]) == 2
         configs = [r for r in read_records(next(run_dir.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "config"]
         assert any(item.key == "synthesis" for r in configs for item in r.config.update)  # the resolved Hydra config

@@ -17,6 +17,7 @@ TINY = [
     "data.train_size=256", "data.val_size=128", "data.image_size=16", "data.noise=0.5", "data.num_classes=4",
     "model.depth=8", "model.width=8", "synthesis.cycles=2", "synthesis.prototype_epochs=1",
     "synthesis.epochs_per_cycle=1", "synthesis.probe_batches=3", "gate.threshold=1.0", "trainer.enable_progress_bar=false",
+    "synthesis.channel_multiple=1",  # exact widths: multiples of 8 leave a width-8 ResNet little to choose from
 ]
 
 
