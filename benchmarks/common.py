@@ -32,7 +32,7 @@ from gensynth_pl.graph import find_output_layers
 from gensynth_pl.inquisitor import Inquisitor, Probe
 from gensynth_pl.latency import measure_latency
 from gensynth_pl.metrics import information_density, netscore
-from gensynth_pl.module import DEFAULT_LR, SynthesisModule, Task, cosine_per_phase, sgd
+from gensynth_pl.module import SynthesisModule, Task, cosine_per_phase, scale_learning_rate, sgd
 
 MAC_TOLERANCE = 0.05  # "matched MACs": within 5% of the generated network's MACs
 MONITOR = "val/acc"
@@ -125,7 +125,7 @@ def train(
     fine-tuning rate when ``fine_tuning`` a pruned φ); returns it and its last validation metric."""
     L.seed_everything(schedule.seed, workers=True, verbose=False)
     lr_scale = schedule.finetune_lr_scale if fine_tuning else 1.0
-    module = SynthesisModule(network, task, functools.partial(sgd, lr=DEFAULT_LR * lr_scale), cosine_per_phase)
+    module = SynthesisModule(network, task, lambda params: scale_learning_rate(sgd(params), lr_scale), cosine_per_phase)
     trainer = make_trainer(epochs, schedule, callbacks)
     trainer.fit(module, datamodule=datamodule)
     return module, float(trainer.callback_metrics[MONITOR])
@@ -437,6 +437,14 @@ def write_json(path: Path, result: dict) -> None:
     path.write_text(json.dumps(result, indent=2, default=_jsonable))
 
 
+def publish(path: Path, result: dict) -> dict:
+    """A benchmark's last step: its JSON (with the table) written, the table and where it went printed."""
+    write_json(path, result)
+    print(result["table"])
+    print(f"written to {path}")
+    return result
+
+
 def _jsonable(value):
     if isinstance(value, Path):
         return str(value)
@@ -520,5 +528,4 @@ def compare(
 
     result["machine_end"] = machine()
     result["table"] = format_table(result["rows"], target)
-    write_json(output_json, result)
-    return result
+    return publish(output_json, result)

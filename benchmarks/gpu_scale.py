@@ -57,8 +57,6 @@ def main(argv: list[str] | None = None) -> dict:
     contenders = [width_scaled_resnet(args.depth, args.width, 10, args.seed), mobilenet_contender(args.seed)]
     result = compare(prototype, datamodule(args), ClassificationTask(10), schedule(args), input_shape, args.output,
                      from_scratch=contenders, prototype_config=recipe, config=vars(args))
-    print(result["table"])
-    print(f"written to {args.output}")
     return result
 
 

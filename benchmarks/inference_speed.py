@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from benchmarks.common import machine, write_json
+from benchmarks.common import machine, publish
 from gensynth_pl import count_macs, count_params, export_onnx
 from gensynth_pl.export import SPEC_FILE
 from gensynth_pl.generator import Generator
@@ -83,10 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = measure(networks, input_shape, args.repeats, args.rounds)
     result = {"run_dir": str(args.run_dir), "machine": machine(), "repeats": args.repeats, "rounds": args.rounds,
               "rows": rows, "table": format_speed(rows)}
-    write_json(args.output, result)
-    print(result["table"])
-    print(f"written to {args.output}")
-    return result
+    return publish(args.output, result)
 
 
 if __name__ == "__main__":

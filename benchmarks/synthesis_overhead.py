@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import SynthesisTimer, machine, run_synthesis, write_json
+from benchmarks.common import SynthesisTimer, machine, publish, run_synthesis
 from benchmarks.synthesis_quality import datamodule, parser, schedule
 from gensynth_pl.models import cifar_resnet
 from gensynth_pl.tasks import ClassificationTask
@@ -51,10 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = {"config": vars(args), "machine": machine(), "overhead": run.overhead,
                   "synthesis": run.synthesis.record.to_dict()}
     result["table"] = format_overhead(result["overhead"])
-    write_json(args.output, result)
-    print(result["table"])
-    print(f"written to {args.output}")
-    return result
+    return publish(args.output, result)
 
 
 if __name__ == "__main__":

@@ -95,8 +95,6 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
         from_scratch=[width_scaled_resnet(args.depth, args.width, 10, args.seed)],
         prototype_config=recipe, config=vars(args),
     )
-    print(result["table"])
-    print(f"written to {args.output}")
     return result
 
 

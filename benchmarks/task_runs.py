@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from benchmarks.common import Stopwatch, machine, write_json
+from benchmarks.common import Stopwatch, machine, publish, write_json
 from gensynth_pl.cli import CONF_DIR
 from gensynth_pl.pipeline import synthesize
 
@@ -32,14 +32,15 @@ def overrides(task: str, args: argparse.Namespace) -> list[str]:
 
 
 def run_task(task: str, args: argparse.Namespace) -> dict:
+    command = overrides(task, args)
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides(task, args))
+        cfg = compose("train", overrides=command)
     with Stopwatch() as watch:
         record, _ = synthesize(cfg)
     summary = record.to_dict()
     return {
         "task": task,
-        "overrides": overrides(task, args),
+        "overrides": command,
         "monitor": cfg.gate.monitor,
         "gate": summary["gate"],
         "prototype": summary["prototype"],
@@ -80,10 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(args.output, result)  # a finished task is kept if a later one fails
     result["machine_end"] = machine()
     result["table"] = format_runs(result["runs"])
-    write_json(args.output, result)
-    print(result["table"])
-    print(f"written to {args.output}")
-    return result
+    return publish(args.output, result)
 
 
 if __name__ == "__main__":

@@ -94,8 +94,9 @@ class Generator:
         drawn = {g: _bernoulli_keep(logits, rng, temperature) for g, logits in self.channel_logits.items()}
         channels = {}
         for group_id, keep in drawn.items():  # rounding draws after all channels: the same draws for any multiple
-            width = self._allowed_width(group_id, int(keep.sum()), rng)
-            if width != int(keep.sum()):
+            drawn_width = int(keep.sum())
+            width = self._allowed_width(group_id, drawn_width, rng)
+            if width != drawn_width:
                 parent = self.parent_arch.channels[group_id]
                 keep = _keep_most_likely(keep, self.channel_logits[group_id], parent, width)
             channels[group_id] = keep.nonzero().flatten().tolist()
@@ -108,11 +109,11 @@ class Generator:
         expected saving the inquisitor aimed for survives rounding: nearest-rounding would turn every small
         step back into the parent. Accepted parents have rounded widths, so rounding never exceeds the parent.
         """
-        size, multiple = self.graph.groups[group_id].size, self.channel_multiple
-        width = max(drawn, self.min_width(group_id))
+        size, multiple, floor = self.graph.groups[group_id].size, self.channel_multiple, self.min_width(group_id)
+        width = max(drawn, floor)
         if multiple > 1:
             up = torch.rand((), generator=rng).item() < (width % multiple) / multiple
-            width = max(multiple * (width // multiple + up), multiple * math.ceil(self.min_width(group_id) / multiple))
+            width = max(multiple * (width // multiple + up), multiple * math.ceil(floor / multiple))
         return min(width, size)
 
     def build(self, arch: Architecture) -> nn.Module:

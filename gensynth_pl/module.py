@@ -28,10 +28,7 @@ class Task(Protocol):
         """The arguments of ``metrics().update`` (e.g. decoded boxes for detection)."""
 
 
-DEFAULT_LR = 0.05
-
-
-def sgd(params, lr: float = DEFAULT_LR) -> torch.optim.Optimizer:
+def sgd(params, lr: float = 0.05) -> torch.optim.Optimizer:
     """The default optimizer, the same as ``conf/train.yaml``'s."""
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
 
