@@ -9,7 +9,7 @@ from gensynth_pl.pipeline import synthesize
 def main(cfg: DictConfig) -> float:
     """Returns the best passing network's NetScore (what a sweeper maximises); -inf if none passed."""
     record, _ = synthesize(cfg)
-    return record.best["netscore"] if record.best and record.best["gate_passed"] else float("-inf")
+    return record.best.netscore if record.best and record.best.gate_passed else float("-inf")
 
 
 if __name__ == "__main__":

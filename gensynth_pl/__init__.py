@@ -3,22 +3,32 @@ from gensynth_pl import config  # registers the structured-config schemas with H
 from gensynth_pl.callbacks import GenerativeSynthesis
 from gensynth_pl.export import export_onnx, load_network, save_network
 from gensynth_pl.gates import Gate
-from gensynth_pl.generator import Generator, GeneratorDelta
+from gensynth_pl.generator import Generator, KeepLogits
 from gensynth_pl.graph import Architecture, NetworkGraph
+from gensynth_pl.importance import IMPORTANCES, Importance
 from gensynth_pl.inquisitor import Inquisitor
+from gensynth_pl.loop import SynthesisLoop
 from gensynth_pl.metrics import NetworkReport, count_macs, count_params, information_density, netscore
 from gensynth_pl.module import SynthesisModule
+from gensynth_pl.record import CycleEntry, SynthesisRecord
+from gensynth_pl.schedule import Schedule, training_phase
 
 __all__ = [
+    "IMPORTANCES",
     "Architecture",
+    "CycleEntry",
     "Gate",
     "GenerativeSynthesis",
     "Generator",
-    "GeneratorDelta",
+    "Importance",
     "Inquisitor",
+    "KeepLogits",
     "NetworkGraph",
     "NetworkReport",
+    "Schedule",
+    "SynthesisLoop",
     "SynthesisModule",
+    "SynthesisRecord",
     "count_macs",
     "count_params",
     "export_onnx",
@@ -26,4 +36,5 @@ __all__ = [
     "load_network",
     "netscore",
     "save_network",
+    "training_phase",
 ]

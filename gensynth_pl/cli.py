@@ -11,9 +11,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gensynth_pl.export import ONNX_FILE, SPEC_FILE, export_onnx, load_network
+from gensynth_pl.export import export_onnx, load_network
 from gensynth_pl.latency import measure_latency, verify_onnx
 from gensynth_pl.pipeline import optimization
+from gensynth_pl.rundir import LATENCY_FILE, ONNX_FILE, SPEC_FILE, RunDirectory, write_text_atomic
 from gensynth_pl.sampling import sample_networks
 
 SAMPLE_COLUMNS = ("seed", "params", "macs", "metric", "netscore", "gate_passed")
@@ -35,7 +36,7 @@ def generate(cfg: DictConfig) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
     seeds = list(cfg.seeds) if cfg.seeds is not None else list(range(cfg.num_networks))
     rows = sample_networks(
-        run_dir / "generator.pt",
+        RunDirectory(run_dir).generator,
         instantiate(run_cfg.data),
         instantiate(run_cfg.task),
         seeds,
@@ -45,7 +46,7 @@ def generate(cfg: DictConfig) -> None:
         temperature=cfg.temperature,
         output_dir=out,
     )
-    (out / "samples.json").write_text(json.dumps(rows, indent=2))
+    write_text_atomic(out / "samples.json", json.dumps(rows, indent=2))
     with open(out / "samples.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SAMPLE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -67,7 +68,7 @@ def export(cfg: DictConfig) -> None:
     difference = verify_onnx(network, onnx_path, input_shape)
     rows = measure_latency(network, onnx_path, input_shape, tuple(cfg.batch_sizes), cfg.repeats, cfg.warmup)
     report = {"onnx": str(onnx_path), "max_abs_difference": difference, "latency": rows}
-    (network_dir / "latency.json").write_text(json.dumps(report, indent=2))
+    write_text_atomic(network_dir / LATENCY_FILE, json.dumps(report, indent=2))
     print(f"ONNX {onnx_path}: matches PyTorch within {difference:.2e}")
     print(f"{'runtime':>12} | {'batch':>5} | {'median ms':>10} | {'images/s':>10}")
     for row in rows:

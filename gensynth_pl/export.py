@@ -9,9 +9,8 @@ from hydra.utils import instantiate
 from torch import nn
 
 from gensynth_pl.graph import Architecture, NetworkGraph
+from gensynth_pl.rundir import SPEC_FILE, WEIGHTS_FILE, write_atomic, write_text_atomic
 from gensynth_pl.torch_utils import cpu_state_dict, evaluating
-
-SPEC_FILE, WEIGHTS_FILE, ONNX_FILE = "architecture.json", "weights.pt", "network.onnx"
 
 
 def save_network(
@@ -35,8 +34,9 @@ def save_network(
         "widths": arch.widths(),
         "report": report or {},
     }
-    (directory / SPEC_FILE).write_text(json.dumps(spec, indent=2))
-    torch.save(cpu_state_dict(network), directory / WEIGHTS_FILE)
+    weights = cpu_state_dict(network)
+    write_atomic(directory / WEIGHTS_FILE, lambda temporary: torch.save(weights, temporary))
+    write_text_atomic(directory / SPEC_FILE, json.dumps(spec, indent=2))  # last: a spec always has its weights
     return directory
 
 
@@ -63,16 +63,18 @@ def load_network(directory: str | Path, prototype: nn.Module | None = None) -> n
 
 def export_onnx(network: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
     """Export with a dynamic batch dimension (legacy TorchScript exporter: no extra tracing deps)."""
-    path = Path(path)
     example = torch.zeros((1, *input_shape), device=next(network.parameters()).device)
-    with evaluating(network):
-        torch.onnx.export(
-            network,
-            (example,),
-            str(path),
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            dynamo=False,
-        )
-    return path
+
+    def write(temporary: Path) -> None:
+        with evaluating(network):
+            torch.onnx.export(
+                network,
+                (example,),
+                str(temporary),
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                dynamo=False,
+            )
+
+    return write_atomic(path, write)

@@ -12,18 +12,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from gensynth_pl.graph import Architecture, NetworkGraph
+from gensynth_pl.rundir import write_atomic
+from gensynth_pl.timing import timed
 from gensynth_pl.torch_utils import cpu_state_dict
 
 KEEP_LOGIT = 20.0  # G_0 keeps every channel: a channel is dropped with probability sigmoid(-20) ~ 2e-9
 DROP_LOGIT = -20.0  # channels a parent no longer has
 
 
+FILE_FORMAT = "gensynth-generator/2"
+
+
 @dataclass
-class GeneratorDelta:
-    """Δθ_G emitted by the inquisitor: additive changes to channel and block keep-logits."""
+class KeepLogits:
+    """θ_G as the inquisitor proposes it: a keep-logit per prototype channel (per group) and per removable block."""
 
     channels: dict[str, Tensor]
     blocks: dict[str, float]
@@ -85,6 +91,7 @@ class Generator:
     def min_width(self, group_id: str) -> int:
         return max(1, math.ceil(self.min_channels * self.graph.groups[group_id].size))
 
+    @timed("sample")
     def sample(self, seed: int, temperature: float = 1.0) -> Architecture:
         """Draw an architecture: unit u kept iff θ_u / T + logistic noise(seed) > 0 (Bernoulli(σ(θ/T))), then
         each group's width is brought to its floor and rounded to a ``channel_multiple`` by keeping or dropping
@@ -116,17 +123,19 @@ class Generator:
             width = max(multiple * (width // multiple + up), multiple * math.ceil(floor / multiple))
         return min(width, size)
 
+    @timed("build")
     def build(self, arch: Architecture) -> nn.Module:
         """Materialise ``arch`` from the most recent accepted network that still has all its channels."""
         source_arch, source = next((a, n) for a, n in reversed(self.lineage) if a.contains(arch))
         return self.graph.materialize(source, source_arch, arch)
 
-    def update(self, delta: GeneratorDelta) -> None:
-        """G_{k+1} = G_k + Δθ_G."""
-        for group_id, change in delta.channels.items():
-            self.channel_logits[group_id] += change
-        for block, change in delta.blocks.items():
-            self.block_logits[block] += change
+    @timed("update")
+    def update(self, logits: KeepLogits) -> None:
+        """G_{k+1}: θ_G takes the keep-logits the inquisitor proposed (G_k + Δθ_G, with Δθ_G = proposal − θ_G)."""
+        if set(logits.channels) != set(self.channel_logits) or set(logits.blocks) != set(self.block_logits):
+            raise ValueError("proposed keep-logits do not match this generator's channel groups and blocks")
+        self.channel_logits = {g: t.detach().clone().float() for g, t in logits.channels.items()}
+        self.block_logits = {b: float(v) for b, v in logits.blocks.items()}
 
     def accept(self, arch: Architecture, network: nn.Module) -> None:
         """``network`` passed the gate: it becomes the parent and this θ_G the last passing generator."""
@@ -168,40 +177,48 @@ class Generator:
         self.lineage = lineage
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
-        """Write a self-contained generator file: prototype, graph settings, θ_G, lineage, and ``extra``."""
-        torch.save(
-            {
-                "format": "gensynth-generator/1",
-                "prototype": self.prototype,
-                "prototype_config": self.prototype_config,
-                "input_shape": self.input_shape,
-                "output_layers": self.graph.output_layers,
-                "removable_blocks": self.graph.removable_blocks,
-                "min_channels": self.min_channels,
-                "channel_multiple": self.channel_multiple,
-                "state": self.state_dict(),
-                "extra": extra or {},
-            },
-            path,
-        )
+        """Write a generator file of tensors and plain data only (safe to open: ``load`` uses weights_only): the
+        prototype's recipe, graph settings, θ_G, the lineage's specs and weights, and ``extra``."""
+        data = {
+            "format": FILE_FORMAT,
+            "prototype_config": self.prototype_config,
+            "input_shape": list(self.input_shape),
+            "output_layers": self.graph.output_layers,
+            "removable_blocks": self.graph.removable_blocks,
+            "min_channels": self.min_channels,
+            "channel_multiple": self.channel_multiple,
+            "state": self.state_dict(),
+            "extra": extra or {},
+        }
+        write_atomic(path, lambda temporary: torch.save(data, temporary))
 
     @classmethod
-    def load(cls, path: str | Path) -> tuple["Generator", dict]:
-        """Load a generator file written by ``save``; returns the generator and the ``extra`` it was saved with."""
+    def load(cls, path: str | Path, prototype: nn.Module | None = None) -> tuple["Generator", dict]:
+        """Load a generator file written by ``save``; returns the generator and the ``extra`` it was saved with.
+
+        The prototype is re-created from the recipe in the file (a Hydra ``_target_`` config); a generator of
+        a prototype without a recipe needs that prototype passed in (its weights do not matter)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"generator file {path} does not exist; point to the generator.pt of a finished run")
-        data = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(data, dict) or data.get("format") != "gensynth-generator/1":
-            raise ValueError(f"{path} is not a gensynth-pl generator file")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle-level failures: a foreign or corrupt file, or an older format
+            raise ValueError(f"{path} is not a gensynth-pl generator file that can be opened safely ({error})") from error
+        if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
+            raise ValueError(f"{path} is not a gensynth-pl generator file ({FILE_FORMAT})")
+        if prototype is None:
+            if not data["prototype_config"]:
+                raise ValueError(f"{path} has no prototype recipe; pass the prototype module: Generator.load(path, prototype)")
+            prototype = instantiate(data["prototype_config"])
         generator = cls.from_prototype(
-            data["prototype"],
-            data["input_shape"],
+            prototype,
+            tuple(data["input_shape"]),
             data["output_layers"],
             data["removable_blocks"],
             data["min_channels"],
             data["prototype_config"],
-            data.get("channel_multiple", 1),
+            data["channel_multiple"],
         )
         generator.load_state_dict(data["state"])
         return generator, data["extra"]

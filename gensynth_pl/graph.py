@@ -189,6 +189,16 @@ class NetworkGraph:
         if unknown:
             raise ValueError(f"blocks {sorted(unknown)} are not removable blocks of this prototype")
 
+    def same_network(self, a: Architecture, b: Architecture) -> bool:
+        """True when two specs build the same network: equal blocks removed, equal channels in every group that
+        is not inside a removed block (channels of a removed block do not exist in the network)."""
+        if sorted(a.removed_blocks) != sorted(b.removed_blocks):
+            return False
+        removed = set(a.removed_blocks)
+        return all(
+            sorted(a.channels[g]) == sorted(b.channels[g]) for g, group in self.groups.items() if group.block not in removed
+        )
+
     def rebuild(self, prototype: nn.Module, arch: Architecture, weights: dict | None = None) -> nn.Module:
         """``arch`` cut from the full prototype, with saved ``weights`` loaded: how stored networks come back."""
         network = self.materialize(prototype, self.full_architecture(), arch)

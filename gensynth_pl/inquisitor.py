@@ -6,20 +6,23 @@ responses (spatially pooled activations) and their loss gradients and derives, p
   - response entropy: a channel that barely varies carries little information,
   - mutual information between the response and the class label (when targets are class labels),
   - redundancy: the largest |correlation| with a sibling channel of the same group,
-and, from the outcome of each cycle, a per-group sensitivity and the compression step size.
+  - magnitude: the mean absolute weight of the layers producing the channel,
+and, from the outcome of each cycle, a per-group sensitivity and the compression step size. A pluggable
+importance rule (``gensynth_pl.importance``) turns a channel's insights into one number.
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from gensynth_pl.generator import DROP_LOGIT, KEEP_LOGIT, Generator, GeneratorDelta
+from gensynth_pl.generator import DROP_LOGIT, KEEP_LOGIT, Generator, KeepLogits
 from gensynth_pl.graph import PRUNABLE_TYPES, Architecture, ChannelGroup, NetworkGraph
-
-INSIGHTS = ("taylor", "entropy", "mutual_info", "redundancy")
+from gensynth_pl.importance import INSIGHTS, Importance, resolve_importance
+from gensynth_pl.timing import emit, is_listened, timed
 
 
 @dataclass
@@ -30,6 +33,7 @@ class ProbeResult:
     responses: dict[str, Tensor]
     targets: Tensor | None
     batches: int
+    magnitude: dict[str, Tensor]
 
 
 class Probe:
@@ -42,12 +46,14 @@ class Probe:
         self.targets: list[Tensor] = []
         self.batches = 0
         self._handles = []
+        self._weights: dict[str, list[nn.Module]] = {}  # each group's producing conv/linear layers
         modules = dict(network.named_modules())
         for group in graph.groups.values():
             if group.block in arch.removed_blocks:
                 continue
             producers = [p for p in group.producers if p in modules]
             norms = [p for p in producers if isinstance(modules[p], nn.modules.batchnorm._BatchNorm)]
+            self._weights[group.id] = [modules[p] for p in producers if isinstance(modules[p], PRUNABLE_TYPES)]
             layers = norms or [p for p in producers if isinstance(modules[p], PRUNABLE_TYPES)]
             for index, name in enumerate(layers):
                 hook = self._make_hook(group.id, record_response=index == 0)
@@ -57,16 +63,20 @@ class Probe:
         def hook(module: nn.Module, inputs, output: Tensor) -> None:
             if not torch.is_grad_enabled() or not isinstance(output, Tensor) or not output.requires_grad:
                 return
-            activation = output.detach().clone()  # an in-place activation may overwrite ``output`` later
-            spatial = tuple(range(2, activation.dim()))
-            if record_response and sum(len(r) for r in self.responses.get(group_id, [])) < self.max_responses:
-                pooled = activation.mean(dim=spatial) if spatial else activation
-                self.responses.setdefault(group_id, []).append(pooled.float().cpu())
+            with timed("probe"):
+                activation = output.detach().clone()  # an in-place activation may overwrite ``output`` later
+                spatial = tuple(range(2, activation.dim()))
+                if record_response and sum(len(r) for r in self.responses.get(group_id, [])) < self.max_responses:
+                    pooled = activation.mean(dim=spatial) if spatial else activation
+                    self.responses.setdefault(group_id, []).append(pooled.float().cpu())
 
             def accumulate(grad: Tensor) -> None:
+                start = time.perf_counter() if is_listened() else 0.0
                 per_sample = (activation * grad).sum(dim=spatial) if spatial else activation * grad
                 value = per_sample.abs().sum(0).float().cpu()
                 self.taylor[group_id] = self.taylor.get(group_id, 0) + value
+                if start:
+                    emit("probe", time.perf_counter() - start)
 
             output.register_hook(accumulate)
 
@@ -80,17 +90,20 @@ class Probe:
             if isinstance(target, Tensor) and target.dim() == 1 and not target.is_floating_point():
                 self.targets.append(target.detach().cpu())
 
+    @timed("probe")
     def detach(self) -> ProbeResult:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        magnitude = {g: _mean_abs_weight(layers) for g, layers in self._weights.items() if layers}
         responses = {g: torch.cat(r)[: self.max_responses] for g, r in self.responses.items()}
         targets = torch.cat(self.targets) if self.targets else None
         if targets is not None and responses and len(targets) != len(next(iter(responses.values()))):
             targets = targets[: min(len(r) for r in responses.values())]
             responses = {g: r[: len(targets)] for g, r in responses.items()}
         batches = max(self.batches, 1)
-        return ProbeResult({g: t / batches for g, t in self.taylor.items()}, responses, targets, self.batches)
+        taylor = {g: t / batches for g, t in self.taylor.items()}
+        return ProbeResult(taylor, responses, targets, self.batches, magnitude)
 
 
 @dataclass
@@ -100,11 +113,19 @@ class CycleOutcome:
 
 
 class Inquisitor:
-    """θ_I: insight estimates per prototype channel, per-group sensitivities and the step size."""
+    """θ_I: insight estimates per prototype channel, per-group sensitivities and the step size.
+
+    ``step`` is the fraction of the parent's MACs the next candidate should drop; it grows by ``growth``
+    (up to ``max_step``) after a pass with at least ``comfortable_margin`` to spare and halves (down to
+    ``min_step``) after a failure. Keep-logits are ``sharpness · ln(score / threshold)``; insights are
+    running averages that keep ``memory`` of their past; responses are binned into ``bins`` for the
+    information measures, from at most ``max_responses`` probed samples; ``importance`` names the rule that
+    turns insights into a channel's importance (``gensynth_pl.importance.IMPORTANCES``) or is one.
+    """
 
     def __init__(
         self,
-        step: float = 0.25,
+        step: float = 0.3,
         min_step: float = 0.02,
         max_step: float = 0.5,
         growth: float = 1.5,
@@ -113,6 +134,7 @@ class Inquisitor:
         memory: float = 0.5,
         bins: int = 16,
         max_responses: int = 2048,
+        importance: str | Importance = "information",
     ) -> None:
         checks = {
             "step": 0 < step < 1,
@@ -132,6 +154,7 @@ class Inquisitor:
         self.step, self.min_step, self.max_step, self.growth = step, min_step, max_step, growth
         self.comfortable_margin, self.sharpness, self.memory = comfortable_margin, sharpness, memory
         self.bins, self.max_responses = bins, max_responses
+        self.importance = resolve_importance(importance)
         self.insights: dict[str, dict[str, Tensor]] = {}
         self.group_sensitivity: dict[str, float] = {}
         self.block_sensitivity: dict[str, float] = {}
@@ -140,6 +163,7 @@ class Inquisitor:
     def attach(self, network: nn.Module, graph: NetworkGraph, arch: Architecture) -> Probe:
         return Probe(network, graph, arch, self.max_responses)
 
+    @timed("measure")
     def measure(self, result: ProbeResult) -> dict[str, dict[str, Tensor]]:
         """Per-channel insights of one probe, in the probed network's channel order (ranks average these)."""
         measured = {}
@@ -147,12 +171,15 @@ class Inquisitor:
             responses = result.responses.get(group_id)
             values = {name: torch.zeros_like(taylor) for name in INSIGHTS}
             values["taylor"] = taylor
+            if group_id in result.magnitude:
+                values["magnitude"] = result.magnitude[group_id]
             if responses is not None and len(responses) > 1:
                 values["entropy"], values["mutual_info"] = self._information(responses, result.targets)
                 values["redundancy"] = _redundancy(responses)
             measured[group_id] = values
         return measured
 
+    @timed("fold")
     def fold(self, measured: dict[str, dict[str, Tensor]], graph: NetworkGraph, arch: Architecture) -> None:
         """Fold the insights of an accepted network into the running estimates (prototype channel order)."""
         for group_id, values in measured.items():
@@ -187,11 +214,12 @@ class Inquisitor:
         return entropy, mutual_info
 
     # --- learning from outcomes ----------------------------------------------------------------
+    @timed("learn")
     def learn(self, outcome: CycleOutcome, parent_arch: Architecture, child_arch: Architecture) -> None:
         """Adapt the step size and protect the groups/blocks that a failing candidate cut deepest."""
         if outcome.passed:
             if outcome.margin >= self.comfortable_margin:
-                self.step = min(self.max_step, self.step * self.growth)
+                self.grow_step()
             for table in (self.group_sensitivity, self.block_sensitivity):
                 for key in table:
                     table[key] = 1.0 + 0.8 * (table[key] - 1.0)
@@ -204,22 +232,30 @@ class Inquisitor:
         for block in set(child_arch.removed_blocks) - set(parent_arch.removed_blocks):
             self.block_sensitivity[block] = self.block_sensitivity.get(block, 1.0) * 2.0
 
-    # --- Δθ_G ----------------------------------------------------------------------------------
+    def grow_step(self) -> bool:
+        """Compress faster; False when the step is already at ``max_step``."""
+        grown = min(self.max_step, self.step * self.growth)
+        changed, self.step = grown > self.step, grown
+        return changed
+
+    # --- θ_G targets ---------------------------------------------------------------------------
     def channel_importance(self, group_id: str, indices: list[int]) -> Tensor:
         """Estimated information carried by the given prototype channels of a group (higher = keep)."""
         store = self.insights.get(group_id)
         if store is None:
             return torch.ones(len(indices))
         idx = torch.tensor(indices)
-        information = torch.maximum(store["entropy"][idx], store["mutual_info"][idx])
-        importance = store["taylor"][idx] * (0.5 + 0.5 * information) * (1.0 - 0.5 * store["redundancy"][idx])
+        importance = self.importance({name: values[idx] for name, values in store.items() if name != "seen"})
         return importance * self.group_sensitivity.get(group_id, 1.0)
 
-    def propose(self, generator: Generator, macs: dict[str, int], parent_macs: int) -> GeneratorDelta:
-        """Δθ_G that steers sampling to drop ~``step`` of the parent's MACs, lowest information-per-MAC first.
+    @timed("propose")
+    def propose(self, generator: Generator, macs: dict[str, int], parent_macs: int) -> KeepLogits:
+        """The keep-logits θ_G should take so that sampling drops ~``step`` of the parent's MACs, lowest
+        information-per-MAC first.
 
-        Target logits are θ_u = sharpness · ln(score_u / b), score = information per MAC; the threshold b
-        is set so that the MACs saved *in expectation under sampling* match the step.
+        Targets are θ_u = sharpness · ln(score_u / b), score = importance per MAC; the threshold b is set so
+        that the MACs saved *in expectation under sampling* match the step. Channels the parent no longer has
+        get DROP_LOGIT; each group's most informative channels up to its floor get KEEP_LOGIT.
         """
         graph, parent_arch = generator.graph, generator.parent_arch
         modules = dict(generator.parent.named_modules())
@@ -257,20 +293,19 @@ class Inquisitor:
             low, high = (middle, high) if expected_saving(middle) < budget else (low, middle)
         threshold = math.exp(high)
 
-        channel_delta = {}
-        for group_id, logits in generator.channel_logits.items():
-            target = torch.full_like(logits, DROP_LOGIT)
+        channels = {}
+        for group_id, group in graph.groups.items():
+            target = torch.full((group.size,), DROP_LOGIT)
             if group_id in scores:
                 kept = torch.tensor(parent_arch.channels[group_id])
                 target[kept] = torch.where(protected[group_id], KEEP_LOGIT, self._logits(scores[group_id], threshold))
-            channel_delta[group_id] = target - logits
-        block_delta = {}
-        for block, logit in generator.block_logits.items():
-            target = DROP_LOGIT
+            channels[group_id] = target
+        blocks = {}
+        for block in graph.removable_blocks:
+            blocks[block] = DROP_LOGIT
             if block not in parent_arch.removed_blocks:
-                target = float(self._logits(torch.tensor([block_scores.get(block, math.inf)]), threshold)[0])
-            block_delta[block] = target - logit
-        return GeneratorDelta(channel_delta, block_delta)
+                blocks[block] = float(self._logits(torch.tensor([block_scores.get(block, math.inf)]), threshold)[0])
+        return KeepLogits(channels, blocks)
 
     def _logits(self, scores: Tensor, threshold: float) -> Tensor:
         ratio = (scores / threshold).clamp_min(1e-30)
@@ -308,6 +343,12 @@ def _redundancy(responses: Tensor) -> Tensor:
     correlation = (centred.T @ centred) / (norm[:, None] * norm[None, :])
     correlation.fill_diagonal_(0)
     return correlation.abs().max(1).values.clamp(0, 1)
+
+
+def _mean_abs_weight(layers: list[nn.Module]) -> Tensor:
+    """Mean |w| of each output channel, averaged over a group's producing layers."""
+    per_layer = [layer.weight.detach().abs().flatten(1).mean(1).float().cpu() for layer in layers]
+    return torch.stack([w for w in per_layer if w.shape == per_layer[0].shape]).mean(0)
 
 
 def _channel_cost(group: ChannelGroup, modules: dict[str, nn.Module], macs: dict[str, int]) -> float:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
-from gensynth_pl.callbacks import training_phase
+from gensynth_pl.schedule import training_phase
 
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
 

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gensynth_pl.callbacks import GenerativeSynthesis
 from gensynth_pl.module import SynthesisModule
-from gensynth_pl.report import SynthesisRecord
+from gensynth_pl.record import SynthesisRecord
 
 
 def optimization(cfg: DictConfig) -> dict:
@@ -20,8 +20,9 @@ def optimization(cfg: DictConfig) -> dict:
     return {"optimizer": instantiate(cfg.optimizer), "scheduler": scheduler}
 
 
-def synthesize(cfg: DictConfig) -> tuple[SynthesisRecord, GenerativeSynthesis]:
-    """Train the prototype, run the synthesis cycles, write the run directory; returns the record."""
+def synthesize(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> tuple[SynthesisRecord, GenerativeSynthesis]:
+    """Train the prototype, run the synthesis cycles, write the run directory; returns the record and the callback.
+    ``extra_callbacks`` run after the configured ones (e.g. a benchmark's timer)."""
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.output_dir)
     datamodule = instantiate(cfg.data)
@@ -36,9 +37,9 @@ def synthesize(cfg: DictConfig) -> tuple[SynthesisRecord, GenerativeSynthesis]:
         input_shape=getattr(datamodule, "input_shape", None),
     )
     # set after instantiate: Hydra would otherwise instantiate the recipe's own _target_
-    synthesis.prototype_config = OmegaConf.to_container(cfg.model, resolve=True)
+    synthesis.loop.prototype_config = OmegaConf.to_container(cfg.model, resolve=True)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    callbacks = [synthesis, *(instantiate(c) for c in (cfg.get("callbacks") or {}).values())]
+    callbacks = [synthesis, *(instantiate(c) for c in (cfg.get("callbacks") or {}).values()), *(extra_callbacks or [])]
     trainer: L.Trainer = instantiate(  # default_root_dir: whatever Lightning writes by default stays in the run dir
         cfg.trainer, max_epochs=synthesis.total_epochs, callbacks=callbacks, logger=logger,
         default_root_dir=str(output_dir),

@@ -1,36 +1,13 @@
-"""The record of a synthesis run (the summary.json contract) and its console rendering."""
+"""How a synthesis run reads to a person: the console table, the final summary, the Pareto plot."""
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from gensynth_pl.record import CycleEntry, SynthesisRecord
+from gensynth_pl.rundir import write_atomic
 
 CYCLE_COLUMNS = ("cycle", "seed", "params", "macs", "metric", "netscore", "gate_passed", "accepted", "step", "seconds")
 PROGRESS_COLUMN = "progress"
-
-
-@dataclass
-class SynthesisRecord:
-    task: str
-    gate: dict
-    prototype: dict | None = None
-    best: dict | None = None
-    best_cycle: int | None = None
-    cycles: list[dict] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {
-            "task": self.task,
-            "gate": self.gate,
-            "prototype": self.prototype,
-            "best": self.best,
-            "best_cycle": self.best_cycle,
-            "any_candidate_passed": any(c["gate_passed"] for c in self.cycles),
-            "cycles": self.cycles,
-        }
-
-    def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
 
 def _fmt(key: str, value) -> str:
@@ -54,12 +31,22 @@ def cycle_header() -> str:
     return " | ".join(f"{c:>11}" for c in (*CYCLE_COLUMNS, PROGRESS_COLUMN))
 
 
-def cycle_row(entry: dict, cycles: int, elapsed: float) -> str:
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def cycle_row(entry: CycleEntry, cycles: int, elapsed: float) -> str:
     """One table row, ending with progress across cycles and the time the remaining cycles should take."""
-    done = entry["cycle"]
+    done = entry.cycle
     eta = elapsed / max(done, 1) * (cycles - done)
-    progress = f"{done}/{cycles} eta {int(eta) // 60}:{int(eta) % 60:02d}"
-    return " | ".join([*(f"{_fmt(c, entry.get(c, '')):>11}" for c in CYCLE_COLUMNS), progress])
+    values = entry.to_dict()
+    return " | ".join([*(f"{_fmt(c, values.get(c, '')):>11}" for c in CYCLE_COLUMNS), f"{done}/{cycles} eta {_clock(eta)}"])
+
+
+def epoch_line(epoch: int, epochs: int, phase: str, monitor: str, metric: float, elapsed: float, eta: float) -> str:
+    """A self-contained progress line for logs (files, SLURM, CI), where no live progress bar is seen."""
+    return f"[gensynth] epoch {epoch}/{epochs} | {phase} | {monitor} {metric:.4f} | elapsed {_clock(elapsed)} | eta {_clock(eta)}"
 
 
 def final_summary(record: SynthesisRecord) -> str:
@@ -70,16 +57,16 @@ def final_summary(record: SynthesisRecord) -> str:
     lines = [f"GenSynth {record.task}: gate {record.gate.get('metric')} {op} {'?' if bound is None else f'{bound:.4f}'}"]
     if proto:
         lines.append(
-            f"  prototype: {_si(proto['macs'])} MACs, {_si(proto['params'])} params, metric {proto['metric']:.4f}, "
-            f"NetScore {proto['netscore']:.2f}"
+            f"  prototype: {_si(proto.macs)} MACs, {_si(proto.params)} params, metric {proto.metric:.4f}, "
+            f"NetScore {proto.netscore:.2f}"
         )
-    if best and not best["gate_passed"]:
+    if best and not best.gate_passed:
         lines.append("  NO network passed the gate, not even the prototype: the prototype is kept as the answer (best/)")
     elif best and proto and record.best_cycle:
         lines.append(
-            f"  best (cycle {record.best_cycle}): {_si(best['macs'])} MACs ({proto['macs'] / best['macs']:.2f}x fewer), "
-            f"{_si(best['params'])} params ({proto['params'] / best['params']:.2f}x fewer), metric {best['metric']:.4f}, "
-            f"NetScore {best['netscore']:.2f}"
+            f"  best (cycle {record.best_cycle}): {_si(best.macs)} MACs ({proto.macs / best.macs:.2f}x fewer), "
+            f"{_si(best.params)} params ({proto.params / best.params:.2f}x fewer), metric {best.metric:.4f}, "
+            f"NetScore {best.netscore:.2f}"
         )
     elif proto:
         lines.append("  no generated candidate passed the gate: the prototype is kept as the answer (best/)")
@@ -94,21 +81,21 @@ def pareto_plot(record: SynthesisRecord, path: str | Path) -> Path:
     figure = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    passed = [c for c in record.cycles if c["gate_passed"]]
-    failed = [c for c in record.cycles if not c["gate_passed"]]
-    axes.scatter([c["macs"] for c in passed], [c["metric"] for c in passed], c="tab:green", label="candidate, passed")
-    axes.scatter([c["macs"] for c in failed], [c["metric"] for c in failed], c="tab:red", marker="x", label="candidate, failed")
+    passed = [c.report for c in record.cycles if c.report.gate_passed]
+    failed = [c.report for c in record.cycles if not c.report.gate_passed]
+    axes.scatter([c.macs for c in passed], [c.metric for c in passed], c="tab:green", label="candidate, passed")
+    axes.scatter([c.macs for c in failed], [c.metric for c in failed], c="tab:red", marker="x", label="candidate, failed")
     proto, best = record.prototype, record.best
-    axes.scatter([proto["macs"]], [proto["metric"]], c="black", marker="*", s=180, label="prototype")
+    axes.scatter([proto.macs], [proto.metric], c="black", marker="*", s=180, label="prototype")
     if best is not None and record.best_cycle:
-        axes.scatter([best["macs"]], [best["metric"]], facecolors="none", edgecolors="tab:blue", s=260, linewidths=2, label="best")
+        axes.scatter([best.macs], [best.metric], facecolors="none", edgecolors="tab:blue", s=260, linewidths=2, label="best")
     frontier, top = [], float("-inf")
-    for point in sorted([*passed, proto] if proto["gate_passed"] else passed, key=lambda c: c["macs"]):
-        if point["metric"] > top:
+    for point in sorted([*passed, proto] if proto.gate_passed else passed, key=lambda c: c.macs):
+        if point.metric > top:
             frontier.append(point)
-            top = point["metric"]
+            top = point.metric
     if len(frontier) > 1:
-        axes.plot([p["macs"] for p in frontier], [p["metric"] for p in frontier], c="tab:green", alpha=0.5, label="passing frontier")
+        axes.plot([p.macs for p in frontier], [p.metric for p in frontier], c="tab:green", alpha=0.5, label="passing frontier")
     if record.gate.get("threshold") is not None:
         axes.axhline(record.gate["threshold"], c="gray", ls="--", label=f"gate {record.gate['metric']}")
     axes.set_xscale("log")
@@ -118,5 +105,4 @@ def pareto_plot(record: SynthesisRecord, path: str | Path) -> Path:
     axes.legend(fontsize=8, loc="lower right")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    return Path(path)
+    return write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))

@@ -26,16 +26,18 @@ def sample_networks(
     temperature: float = 1.0,
     output_dir: str | Path | None = None,
     trainer_kwargs: dict | None = None,
+    prototype: torch.nn.Module | None = None,
 ) -> list[dict]:
     """One row per seed: seed, params, MACs, metric, whether it passes the run's gate, widths.
 
     Each network inherits weights from its nearest accepted ancestor in the generator's lineage and is
     fine-tuned for ``finetune_epochs`` (0: evaluate as built) at ``finetune_lr_scale`` times the optimizer's
     rate. With ``output_dir`` every network is saved under ``<output_dir>/seed_<seed>`` (spec + weights).
+    ``prototype`` is needed only for a generator whose prototype has no recipe (see ``Generator.load``).
     """
     if finetune_epochs < 0:
         raise ValueError(f"finetune_epochs={finetune_epochs} must be >= 0")
-    generator, extra = Generator.load(generator_path)
+    generator, extra = Generator.load(generator_path, prototype)
     if "gate" not in extra:
         raise ValueError(f"{generator_path} records no gate; it was not written by a synthesis run")
     gate = Gate.from_record(extra["gate"])

@@ -5,9 +5,10 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from gensynth_pl.callbacks import PARETO_FILE, GenerativeSynthesis
+from gensynth_pl.callbacks import GenerativeSynthesis
+from gensynth_pl.record import CycleEntry
 
-CYCLE_KEYS = ("params", "macs", "metric", "netscore", "information_density", "gate_passed", "accepted", "step")
+NETWORK_KEYS = ("params", "macs", "metric", "netscore", "information_density", "gate_passed")
 
 
 class WandbSynthesisTracker(Callback):
@@ -46,23 +47,28 @@ class WandbSynthesisTracker(Callback):
         if self._logged < 0:
             run.define_metric("cycle")
             run.define_metric("synthesis/*", step_metric="cycle")
-            run.log({"cycle": 0, **{f"synthesis/{k}": record.prototype[k] for k in CYCLE_KEYS if k in record.prototype}})
+            run.log({"cycle": 0, **self._network_values(record.prototype)})
             self._logged = 0
         for entry in record.cycles[self._logged :]:
-            run.log({"cycle": entry["cycle"], **{f"synthesis/{k}": entry[k] for k in CYCLE_KEYS}})
+            values = {"synthesis/accepted": entry.accepted, "synthesis/step": entry.step}
+            run.log({"cycle": entry.cycle, **self._network_values(entry.report), **values})
         self._logged = len(record.cycles)
         if record.cycles:
             run.log({"synthesis/architectures": self._architecture_table(record.cycles)})
 
     @staticmethod
-    def _architecture_table(cycles: list[dict]):
+    def _network_values(report) -> dict:
+        return {f"synthesis/{k}": getattr(report, k) for k in NETWORK_KEYS}
+
+    @staticmethod
+    def _architecture_table(cycles: list[CycleEntry]):
         import wandb
 
-        groups = sorted({g for c in cycles for g in c["widths"]})
+        groups = sorted({g for c in cycles for g in c.widths})
         columns = ["cycle", "seed", "accepted", "macs", "params", "metric", "removed_blocks", *groups]
         rows = [
-            [c["cycle"], c["seed"], c["accepted"], c["macs"], c["params"], c["metric"], ",".join(c["removed_blocks"])]
-            + [c["widths"].get(g, 0) for g in groups]
+            [c.cycle, c.seed, c.accepted, c.report.macs, c.report.params, c.report.metric, ",".join(c.removed_blocks)]
+            + [c.widths.get(g, 0) for g in groups]
             for c in cycles
         ]
         return wandb.Table(columns=columns, data=rows)
@@ -74,17 +80,19 @@ class WandbSynthesisTracker(Callback):
         import wandb
 
         run = self._run(trainer)
-        for key, value in synthesis.record.best.items():
+        best = synthesis.record.best.to_dict()
+        for key, value in best.items():
             run.summary[f"best/{key}"] = value
         run.summary["best/cycle"] = synthesis.record.best_cycle
-        if synthesis.output_dir is None:
+        run_dir = synthesis.loop.run_dir
+        if run_dir is None:
             return
-        if (synthesis.output_dir / PARETO_FILE).is_file():
-            run.log({"synthesis/pareto": wandb.Image(str(synthesis.output_dir / PARETO_FILE))})
+        if run_dir.pareto.is_file():
+            run.log({"synthesis/pareto": wandb.Image(str(run_dir.pareto))})
         if self.log_artifacts:
-            network = wandb.Artifact(f"best-network-{run.id}", type="model", metadata=synthesis.record.best)
-            network.add_dir(str(synthesis.output_dir / "best"))
+            network = wandb.Artifact(f"best-network-{run.id}", type="model", metadata=best)
+            network.add_dir(str(run_dir.best))
             run.log_artifact(network)
             generator = wandb.Artifact(f"generator-{run.id}", type="generator", metadata={"gate": synthesis.record.gate})
-            generator.add_file(str(synthesis.output_dir / "generator.pt"))
+            generator.add_file(str(run_dir.generator))
             run.log_artifact(generator)
