@@ -17,20 +17,22 @@ from pathlib import Path
 
 from torch import nn
 
-from benchmarks.common import machine, publish
+from benchmarks.tables import publish
+from benchmarks.timing import machine
 from gensynth_pl import count_macs, count_params, export_onnx
-from gensynth_pl.export import SPEC_FILE
 from gensynth_pl.generator import Generator
 from gensynth_pl.graph import Architecture
 from gensynth_pl.latency import measure_latency
+from gensynth_pl.rundir import SPEC_FILE, RunDirectory
 
 SETTINGS = ("pytorch_b1", "onnxruntime_b1", "pytorch_b64", "onnxruntime_b64")
 
 
 def lineage_networks(run_dir: Path) -> tuple[list[tuple[str, nn.Module]], tuple[int, ...]]:
     """The prototype and every accepted network of a run, the best one named ``best``."""
-    generator, _ = Generator.load(run_dir / "generator.pt")
-    best = Architecture.from_dict(json.loads((run_dir / "best" / SPEC_FILE).read_text())["architecture"])
+    files = RunDirectory(run_dir)
+    generator, _ = Generator.load(files.generator)
+    best = Architecture.from_dict(json.loads((files.best / SPEC_FILE).read_text())["architecture"])
     networks = []
     for index, (arch, network) in enumerate(generator.lineage):
         name = "prototype" if index == 0 else f"accepted_{index}"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from benchmarks.common import Stopwatch, machine, publish, write_json
+from benchmarks.tables import publish, write_json
+from benchmarks.timing import Stopwatch, machine
 from gensynth_pl.cli import CONF_DIR
 from gensynth_pl.pipeline import synthesize
 
@@ -37,17 +38,16 @@ def run_task(task: str, args: argparse.Namespace) -> dict:
         cfg = compose("train", overrides=command)
     with Stopwatch() as watch:
         record, _ = synthesize(cfg)
-    summary = record.to_dict()
     return {
         "task": task,
         "overrides": command,
         "monitor": cfg.gate.monitor,
-        "gate": summary["gate"],
-        "prototype": summary["prototype"],
-        "best": summary["best"],
-        "best_cycle": summary["best_cycle"],
-        "cycles_accepted": sum(c["accepted"] for c in summary["cycles"]),
-        "cycles": len(summary["cycles"]),
+        "gate": record.gate,
+        "prototype": record.prototype.to_dict(),
+        "best": record.best.to_dict(),
+        "best_cycle": record.best_cycle,
+        "cycles_accepted": sum(c.accepted for c in record.cycles),
+        "cycles": len(record.cycles),
         "wall_s": round(watch.wall, 1),
         "run_dir": str(cfg.output_dir),
     }
