@@ -6,13 +6,15 @@ import pytest
 import torch
 
 from benchmarks import gpu_scale, inference_speed, synthesis_overhead, synthesis_quality, task_runs
-from benchmarks.common import MAC_TOLERANCE, SynthesisTimer
+from benchmarks.baselines import MAC_TOLERANCE
 from gensynth_pl import count_macs, netscore
 from gensynth_pl.models import cifar_resnet
+from gensynth_pl.timing import BOOKKEEPING, PROBE_AND_UPDATE
 
-TINY = ["--synthetic", "--train-subset", "64", "--val-size", "64", "--image-size", "16", "--batch-size", "32",
-        "--depth", "8", "--width", "8", "--prototype-epochs", "1", "--cycles", "2", "--probe-batches", "2",
-        "--step", "0.4", "--gate-drop", "1.0", "--latency-repeats", "2", "--channel-multiple", "1"]
+TINY = ["--experiment", "null", "--latency-repeats", "2", "data.train_size=64", "data.val_size=64", "data.image_size=16",
+        "data.batch_size=32", "data.noise=0.5", "model.depth=8", "model.width=8", "synthesis.prototype_epochs=1",
+        "synthesis.cycles=2", "synthesis.epochs_per_cycle=1", "synthesis.probe_batches=2", "synthesis.inquisitor.step=0.4",
+        "gate.threshold=1.0", "synthesis.channel_multiple=1"]
 LATENCY_KEYS = {"pytorch_b1", "pytorch_b64", "onnxruntime_b1", "onnxruntime_b64"}
 
 
@@ -57,7 +59,7 @@ def test_quality_run_records_the_overhead_of_each_cycle(quality):
     overhead = quality[1]["overhead"]
     assert [row["cycle"] for row in overhead] == [1, 2]
     for row in overhead:
-        parts = sum(row[c] for c in (*SynthesisTimer.PROBE_AND_UPDATE, *SynthesisTimer.BOOKKEEPING))
+        parts = sum(row[c] for c in (*PROBE_AND_UPDATE, *BOOKKEEPING))
         assert 0 < row["probe"] and 0 < row["probe_and_update_s"] <= parts < row["wall_s"]
         assert row["share"] == pytest.approx(row["probe_and_update_s"] / row["wall_s"])
     assert overhead[0]["propose"] > 0 and overhead[0]["build"] > 0  # cycle 1 generates cycle 2's candidate
@@ -91,10 +93,9 @@ def test_inference_speed_measures_the_lineage_against_the_prototype(quality, tmp
 
 
 def test_gpu_scale_runs_end_to_end_on_cpu_with_a_matched_mobilenet(tmp_path):
-    result = gpu_scale.main(["--tiny", "--device", "cpu",
-                             "--output", str(tmp_path / "gpu.json")])
+    result = gpu_scale.main(["--tiny", "--latency-repeats", "2", "--output", str(tmp_path / "gpu.json")])
     rows = rows_by_method(result)
-    assert result["config"]["accelerator"] == "cpu" and "mobilenet_v2" in rows and "width_scaled" in rows
+    assert result["config"]["trainer"]["accelerator"] == "cpu" and "mobilenet_v2" in rows and "width_scaled" in rows
     target = rows["gensynth"]["macs"]
     assert abs(rows["mobilenet_v2"]["macs"] - target) <= MAC_TOLERANCE * target
 

@@ -242,7 +242,7 @@ def test_tiny_synthesis_run_shrinks_the_detector_and_logs_map(tmp_path):
     module = SynthesisModule(DetectNet(num_classes=2, width=8, stride=8), task)
     callback = GenerativeSynthesis(
         Gate("val/map_50", 1.0, relative=True), cycles=2, epochs_per_cycle=1, prototype_epochs=1, probe_batches=2,
-        inquisitor=Inquisitor(step=0.4), output_dir=tmp_path, task_name=task.name, export_onnx=False,
+        inquisitor=Inquisitor(step=0.4), output_dir=tmp_path, task_name=task.name, export_onnx=False, channel_multiple=1,
     )
     trainer = quiet_trainer(callback.total_epochs, [callback], num_sanity_val_steps=0)
     trainer.fit(module, datamodule=data)
@@ -254,7 +254,8 @@ def test_tiny_synthesis_run_shrinks_the_detector_and_logs_map(tmp_path):
     assert {"val/map", "val/map_50", "val/mar_100"} <= set(trainer.callback_metrics)
     assert "val/classes" not in trainer.callback_metrics  # non-scalar / integer outputs of the metric are not logged
     assert module.net.coverage.out_channels == 2 and module.net.bbox.out_channels == 4
-    rows = sample_networks(tmp_path / "generator.pt", data, task, seeds=[5], finetune_epochs=0)
+    prototype = DetectNet(num_classes=2, width=8, stride=8)  # no recipe in a Python-API run: the prototype is passed
+    rows = sample_networks(tmp_path / "generator.pt", data, task, seeds=[5], finetune_epochs=0, prototype=prototype)
     assert rows[0]["macs"] < summary["prototype"]["macs"] and 0.0 <= rows[0]["metric"] <= 1.0
 
 

@@ -72,9 +72,22 @@ def test_generator_file_round_trip_and_wrong_prototype(tmp_path):
     generator = learned_generator(cifar_resnet(depth=14, width=8))
     generator.accept(generator.sample(3), generator.build(generator.sample(3)))
     generator.save(tmp_path / "generator.pt", extra={"note": "x"})
-    loaded, extra = Generator.load(tmp_path / "generator.pt")
+    with pytest.raises(ValueError, match="no prototype recipe; pass the prototype"):
+        Generator.load(tmp_path / "generator.pt")
+    loaded, extra = Generator.load(tmp_path / "generator.pt", cifar_resnet(depth=14, width=8))
     assert extra == {"note": "x"} and loaded.sample(11) == generator.sample(11)
     assert loaded.parent_arch == generator.parent_arch
+    x = torch.randn(2, *TINY_SHAPE)
+    assert torch.equal(loaded.parent.eval()(x), generator.parent.eval()(x))  # weights, not the prototype's recipe
+
+    generator.prototype_config = {"_target_": "gensynth_pl.models.cifar_resnet", "depth": 14, "width": 8}
+    generator.save(tmp_path / "with_recipe.pt")
+    assert torch.load(tmp_path / "with_recipe.pt", weights_only=True)["format"]  # tensors and plain data only
+    from_recipe, _ = Generator.load(tmp_path / "with_recipe.pt")
+    assert torch.equal(from_recipe.parent.eval()(x), generator.parent.eval()(x))
+    (tmp_path / "pickled.pt").write_bytes(b"not a generator")
+    with pytest.raises(ValueError, match="not a gensynth-pl generator file"):
+        Generator.load(tmp_path / "pickled.pt")
 
     other = Generator.from_prototype(cifar_resnet(depth=14, width=4), TINY_SHAPE)
     with pytest.raises(ValueError, match="another prototype|different prototype|outside"):

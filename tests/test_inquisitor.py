@@ -77,3 +77,32 @@ def test_invalid_inquisitor_settings_are_named():
         Inquisitor(step=1.5)
     with pytest.raises(ValueError, match="inquisitor.sharpness"):
         Inquisitor(sharpness=0)
+
+
+def test_importance_rules_rank_channels_by_their_own_criterion():
+    insights = {
+        "taylor": torch.tensor([3.0, 1.5, 2.0]),
+        "entropy": torch.tensor([0.1, 1.0, 1.0]),
+        "mutual_info": torch.zeros(3),
+        "redundancy": torch.tensor([0.0, 0.0, 1.0]),
+        "magnitude": torch.tensor([0.2, 0.9, 0.5]),
+        "seen": torch.ones(3),
+    }
+    ranks = {}
+    for rule in ("information", "taylor", "magnitude"):
+        inquisitor = Inquisitor(importance=rule)
+        inquisitor.insights["g"] = insights
+        ranks[rule] = inquisitor.channel_importance("g", [0, 1, 2]).argsort(descending=True).tolist()
+    assert ranks == {"information": [0, 1, 2], "taylor": [0, 2, 1], "magnitude": [1, 2, 0]}
+    with pytest.raises(ValueError, match="inquisitor.importance='l2'.*information"):
+        Inquisitor(importance="l2")
+
+
+def test_probe_measures_the_mean_absolute_weight_of_each_channel(tiny_resnet):
+    generator = Generator.from_prototype(tiny_resnet, TINY_SHAPE)
+    probe = Inquisitor().attach(tiny_resnet, generator.graph, generator.parent_arch)
+    x, y = torch.randn(4, *TINY_SHAPE), torch.randint(0, 4, (4,))
+    F.cross_entropy(tiny_resnet(x), y).backward()
+    result = probe.detach()
+    conv = tiny_resnet.layer1[0].conv1
+    assert torch.allclose(result.magnitude["layer1.0.conv1"], conv.weight.detach().abs().mean((1, 2, 3)))

@@ -62,7 +62,8 @@ def test_ddp_with_two_cpu_processes_trains_one_architecture_per_cycle(tmp_path):
 
 
 def tiny_run(tmp_path: Path, module: SynthesisModule, data, gate: Gate, **kwargs) -> GenerativeSynthesis:
-    settings = dict(cycles=2, epochs_per_cycle=1, prototype_epochs=1, probe_batches=3, inquisitor=Inquisitor(step=0.4))
+    settings = dict(cycles=2, epochs_per_cycle=1, prototype_epochs=1, probe_batches=3, inquisitor=Inquisitor(step=0.4),
+                    channel_multiple=1)
     callback = GenerativeSynthesis(gate, output_dir=tmp_path, **{**settings, **kwargs})
     quiet_trainer(callback.total_epochs, [callback], deterministic=True).fit(module, datamodule=data)
     return callback
@@ -74,7 +75,7 @@ def test_same_config_and_seed_give_the_same_architectures_and_metrics(tmp_path, 
         torch.manual_seed(0)
         module = SynthesisModule(cifar_resnet(depth=8, width=8, num_classes=4), ClassificationTask(4))
         callback = tiny_run(tmp_path / name, module, tiny_data, Gate("val/acc", 1.0))
-        runs.append([{k: v for k, v in c.items() if k != "seconds"} for c in callback.record.cycles])
+        runs.append([{k: v for k, v in c.to_dict().items() if k != "seconds"} for c in callback.record.cycles])
     assert runs[0] == runs[1]
 
 
@@ -98,8 +99,8 @@ class DivergingModule(SynthesisModule):
 def test_nan_loss_rejects_and_rolls_back_the_cycle_not_the_run(tmp_path, tiny_data):
     module = DivergingModule(cifar_resnet(depth=8, width=8, num_classes=4), ClassificationTask(4))
     callback = tiny_run(tmp_path, module, tiny_data, Gate("val/acc", 1.0))
-    assert [(c["diverged"], c["accepted"]) for c in callback.record.cycles] == [(True, False), (True, False)]
-    assert callback.record.best_cycle == 0 and len(callback.generator.lineage) == 1
+    assert [(c.diverged, c.accepted) for c in callback.record.cycles] == [(True, False), (True, False)]
+    assert callback.record.best_cycle == 0 and len(callback.loop.generator.lineage) == 1
     assert summary_of(tmp_path)["best"]["gate_passed"]
 
 

@@ -21,7 +21,8 @@ from conftest import TINY_SHAPE, quiet_trainer
 
 
 def tiny_callback(gate: Gate, **kwargs) -> GenerativeSynthesis:
-    settings = dict(cycles=2, epochs_per_cycle=1, prototype_epochs=1, probe_batches=3, inquisitor=Inquisitor(step=0.4))
+    settings = dict(cycles=2, epochs_per_cycle=1, prototype_epochs=1, probe_batches=3, inquisitor=Inquisitor(step=0.4),
+                    channel_multiple=1)
     settings.update(kwargs)
     return GenerativeSynthesis(gate, **settings)
 
@@ -59,7 +60,7 @@ def test_best_network_reloads_from_spec_and_weights_with_identical_outputs(finis
     out, callback, _, _ = finished_run
     reloaded = load_network(out / "best")
     x = torch.randn(4, *TINY_SHAPE)
-    expected = callback.best_network.eval()(x)
+    expected = callback.loop.best_network.eval()(x)
     assert torch.equal(reloaded(x), expected)
     onnx_out = ort.InferenceSession(str(out / "best" / "network.onnx")).run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(onnx_out, expected.detach().numpy(), atol=1e-4)
@@ -92,10 +93,10 @@ def test_gate_blocks_failing_candidates_and_the_inquisitor_rolls_back(tiny_data)
     callback = tiny_callback(Gate("val/full_size", 0.5, relative=False), cycles=3)
     quiet_trainer(callback.total_epochs, [callback]).fit(module, datamodule=tiny_data)
     record = callback.record
-    assert record.prototype["gate_passed"] and record.best_cycle == 0
-    assert all(not c["gate_passed"] and not c["accepted"] for c in record.cycles)
-    assert callback.inquisitor.step == pytest.approx(0.4 / 2**3)  # halved after each failure
-    generator = callback.generator
+    assert record.prototype.gate_passed and record.best_cycle == 0
+    assert all(not c.report.gate_passed and not c.accepted for c in record.cycles)
+    assert callback.loop.inquisitor.step == pytest.approx(0.4 / 2**3)  # halved after each failure
+    generator = callback.loop.generator
     assert len(generator.lineage) == 1  # nothing but the prototype was ever accepted
     passing_logits, _ = generator._passing_logits
     assert all(torch.equal(generator.channel_logits[g], passing_logits[g]) for g in passing_logits)
@@ -132,7 +133,7 @@ def test_plug_in_callbacks_synthesise_a_users_own_module(tiny_data):
     before = count_macs(module.backbone, TINY_SHAPE)
     callback = tiny_callback(Gate("val_acc", 1.0, relative=True), network_attr="backbone")
     quiet_trainer(callback.total_epochs, [callback]).fit(module, datamodule=tiny_data)
-    assert len(callback.record.cycles) == 2 and callback.graph.output_layers == ["8"]
+    assert len(callback.record.cycles) == 2 and callback.loop.graph.output_layers == ["8"]
     assert count_macs(module.backbone, TINY_SHAPE) < before
     assert module.backbone[-1].out_features == 4  # the classifier's outputs are never pruned
     assert module.backbone(torch.randn(2, *TINY_SHAPE)).shape == (2, 4)
@@ -175,3 +176,14 @@ def test_cosine_schedule_restarts_for_every_generated_network_at_the_fine_tuning
         cycle = rates.per_epoch[cycle_epoch]
         assert cycle[0] == pytest.approx(0.01) and cycle == sorted(cycle, reverse=True) and cycle[-1] < 0.002
     assert len(rates.per_epoch[2]) == len(rates.per_epoch[0])
+
+
+def test_a_log_without_a_terminal_gets_a_progress_line_per_epoch(tiny_resnet, tiny_data, capsys):
+    module = SynthesisModule(tiny_resnet, ClassificationTask(4))
+    callback = tiny_callback(Gate("val/acc", 1.0, relative=True))
+    quiet_trainer(callback.total_epochs, [callback]).fit(module, datamodule=tiny_data)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[gensynth] epoch")]
+    assert [line.split(" | ")[:2] for line in lines] == [
+        ["[gensynth] epoch 1/3", "prototype"], ["[gensynth] epoch 2/3", "cycle 1"], ["[gensynth] epoch 3/3", "cycle 2"]
+    ]
+    assert all("val/acc" in line and "elapsed" in line and "eta" in line for line in lines)
