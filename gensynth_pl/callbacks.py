@@ -7,6 +7,7 @@ agreement between DDP ranks, and resuming from a checkpoint.
 """
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -14,8 +15,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 
+from gensynth_pl.distillation import module_distillation_loss
 from gensynth_pl.gates import Gate
 from gensynth_pl.inquisitor import Inquisitor, Probe
 from gensynth_pl.loop import SynthesisLoop
@@ -26,13 +29,18 @@ from gensynth_pl.schedule import Schedule
 class GenerativeSynthesis(Callback):
     """Generator-inquisitor synthesis of the network stored at ``pl_module.<network_attr>``.
 
-    Schedule: ``prototype_epochs`` train φ, then ``cycles`` cycles of ``epochs_per_cycle`` epochs each fine-tune
-    one generated candidate at ``finetune_lr_scale`` of φ's learning rate. The inquisitor probes the first
-    ``probe_batches`` batches of each phase's last epoch. Generator: each sample (``seed``, ``temperature``)
-    keeps at least ``min_channels`` of every group, widths rounded to multiples of ``channel_multiple`` (1:
-    exact). Output layers and removable blocks default to what the prototype declares (or tracing finds).
-    The monitored gate metric must be logged at the end of every validation epoch. With ``output_dir`` the
-    run directory (summary.json, generator.pt, best/) is rewritten after every cycle.
+    Schedule: ``prototype_epochs`` train φ; the cycles share ``cycles`` x ``epochs_per_cycle`` epochs, each
+    fine-tuning one generated candidate for up to ``epochs_per_cycle`` epochs at ``finetune_lr_scale`` of φ's
+    learning rate; then the best candidate is polished for ``polish_epochs`` plus the epochs the cycles left
+    (a candidate rejected early frees the rest of its epochs). The inquisitor probes the first ``probe_batches``
+    batches of each phase's last epoch. Generator: each sample (``seed``, ``temperature``) keeps at least
+    ``min_channels`` of every group, widths rounded to multiples of ``channel_multiple`` (at most a quarter of
+    the group's width; 1: exact). Judging: ``recovery_allowance``, ``early_reject_margin`` (see SynthesisLoop).
+    Every candidate and the polish learn from φ's outputs with weight ``distill_weight`` (0: off) at temperature
+    ``distill_temperature``, through the module's ``distillation_loss`` (a module can set it to None to opt out).
+    Output layers and removable blocks default to what the prototype declares (or tracing finds). The monitored
+    gate metric must be logged at the end of every validation epoch. With ``output_dir`` the run directory
+    (summary.json, generator.pt, best/) is rewritten after every phase.
     """
 
     def __init__(
@@ -47,6 +55,11 @@ class GenerativeSynthesis(Callback):
         min_channels: float = 0.1,
         channel_multiple: int = 8,
         finetune_lr_scale: float = 0.2,
+        polish_epochs: int = 4,
+        recovery_allowance: float = 0.5,
+        early_reject_margin: float | None = 0.02,
+        distill_weight: float = 1.0,
+        distill_temperature: float = 4.0,
         network_attr: str = "net",
         inquisitor: Inquisitor | None = None,
         input_shape: tuple[int, ...] | None = None,
@@ -59,15 +72,17 @@ class GenerativeSynthesis(Callback):
         netscore_units: NetScoreUnits = NetScoreUnits(),
         progress_lines: bool | None = None,
     ) -> None:
-        self.schedule = Schedule(prototype_epochs, cycles, epochs_per_cycle, finetune_lr_scale)
+        self.schedule = Schedule(prototype_epochs, cycles, epochs_per_cycle, finetune_lr_scale, polish_epochs)
         self.loop = SynthesisLoop(
             gate, self.schedule, inquisitor, seed, temperature, min_channels, channel_multiple, probe_batches,
-            netscore_units, prototype_config, task_name, output_dir, export_onnx,
+            netscore_units, prototype_config, task_name, output_dir, export_onnx, recovery_allowance,
+            early_reject_margin, distill_weight, distill_temperature,
         )
         self.network_attr = network_attr
         self.input_shape = tuple(input_shape) if input_shape else None
         self.output_layers, self.removable_blocks = output_layers, removable_blocks
         self.progress_lines = progress_lines  # a line per epoch; None: only when stdout is not a terminal
+        self.testing: str | None = None  # the network evaluate_test_split is testing ("prototype", "best")
         self._probe: Probe | None = None
         self._restored = False
         self._resume_hook = None
@@ -101,12 +116,14 @@ class GenerativeSynthesis(Callback):
             s = self.schedule
             raise ValueError(
                 f"trainer.max_epochs={trainer.max_epochs} is too small: {s.prototype_epochs} prototype epochs + "
-                f"{s.cycles} cycles x {s.epochs_per_cycle} epochs need max_epochs={self.total_epochs}"
+                f"{s.cycles} cycles x {s.epochs_per_cycle} epochs + {s.polish_epochs} polish epochs need "
+                f"max_epochs={self.total_epochs}"
             )
         if trainer.check_val_every_n_epoch != 1:
             raise ValueError("the gate is checked after every epoch: set trainer.check_val_every_n_epoch=1")
         self.loop.log = lambda text: _print(trainer, text)
         self.loop.collective = StrategyCollective(trainer)
+        self.loop.distillation_loss = module_distillation_loss(pl_module)
         if self.loop.run_dir is not None and trainer.is_global_zero:
             self.loop.run_dir.check_writable()
         if self._resume_hook is None:
@@ -128,11 +145,6 @@ class GenerativeSynthesis(Callback):
                 self._restored = True
 
         return hook
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        phase = self.schedule.phase
-        if phase is not None and trainer.current_epoch == phase.start or trainer.current_epoch == 0:
-            self.loop.start_phase()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if self.loop.graph is None:
@@ -158,14 +170,34 @@ class GenerativeSynthesis(Callback):
         epoch, metric = trainer.current_epoch, self._read_metric(trainer)
         if self._prints_progress(trainer):
             print(self.loop.epoch_progress(epoch, metric), flush=True)
-        candidate = self.loop.end_epoch(epoch, self._network(pl_module), metric)
-        if candidate is not None:
-            self._swap_in(trainer, pl_module, candidate)
+        upcoming = self.loop.end_epoch(epoch, self._network(pl_module), metric)
+        if upcoming is not None:
+            self._swap_in(trainer, pl_module, upcoming)
+        elif self.schedule.phase is None:
+            trainer.should_stop = True  # complete before max_epochs: e.g. nothing passed, so nothing to polish
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         best = self.loop.finish()
         if best is not None:
             setattr(pl_module, self.network_attr, best.to(pl_module.device))
+
+    def evaluate_test_split(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, datamodule: L.LightningDataModule
+    ) -> dict[str, dict[str, float]] | None:
+        """After ``fit``: the prototype and the run's answer on the data's test split, which never influenced a
+        decision; the metrics the module logs in ``test_step`` go into summary.json, the console and the loggers.
+        Returns ``{"prototype": {...}, "best": {...}}``, or None when the data has no test split."""
+        if self.loop.best is None or not has_test_split(datamodule):
+            return None
+        results = {}
+        for name, network in (("prototype", self.loop.generator.prototype), ("best", self.loop.best.network)):
+            self.testing = name
+            setattr(pl_module, self.network_attr, copy.deepcopy(network).to(pl_module.device))
+            (metrics,) = trainer.test(pl_module, datamodule=datamodule, verbose=False)
+            results[name] = {key.removeprefix("test/"): float(value) for key, value in metrics.items()}
+        self.testing = None
+        self.loop.record_test(results)
+        return results
 
     # --- checkpointing -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -224,6 +256,14 @@ class StrategyCollective:
 
     def broadcast(self, obj):
         return self.trainer.strategy.broadcast(obj, src=0)
+
+
+def has_test_split(datamodule: L.LightningDataModule) -> bool:
+    """Our datamodules have ``test_set`` once set up (None: no test split); others, a ``test_dataloader``."""
+    if hasattr(datamodule, "test_set"):
+        datamodule.setup("test")
+        return datamodule.test_set is not None
+    return is_overridden("test_dataloader", datamodule, L.LightningDataModule)
 
 
 def _input_shape(batch) -> tuple[int, ...]:

@@ -88,6 +88,7 @@ class TrainConfig:
     seed: int = MISSING
     ckpt_path: Optional[str] = None
     output_dir: Optional[str] = None
+    prototype_weights: Optional[str] = None
 
 
 _store = ConfigStore.instance()

@@ -33,8 +33,10 @@ class Gate:
             raise RuntimeError("a relative gate needs the prototype's score first: call resolve()")
         return value - self.bound if self.higher_is_better else self.bound - value
 
-    def passes(self, value: float) -> bool:
-        return math.isfinite(value) and self.margin(value) >= 0
+    def passes(self, value: float, allowance: float = 0.0) -> bool:
+        """``value`` meets the bound, or comes within ``allowance`` of it (an intermediate candidate whose further
+        fine-tuning is expected to recover that much)."""
+        return math.isfinite(value) and self.margin(value) + allowance >= 0
 
     def describe(self) -> str:
         op = ">=" if self.higher_is_better else "<="

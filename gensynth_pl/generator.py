@@ -109,14 +109,22 @@ class Generator:
             channels[group_id] = keep.nonzero().flatten().tolist()
         return Architecture(channels, sorted(b for b, kept in blocks.items() if not kept))
 
+    def multiple(self, group_id: str) -> int:
+        """The group's rounding multiple: ``channel_multiple``, halved until it is at most a quarter of the group's
+        prototype width (a 16-channel group rounds to 4, not to 8 or 16)."""
+        multiple, size = self.channel_multiple, self.graph.groups[group_id].size
+        while multiple > 1 and 4 * multiple > size:
+            multiple //= 2
+        return multiple
+
     def _allowed_width(self, group_id: str, drawn: int, rng: torch.Generator) -> int:
-        """At least the group's floor, and a multiple of ``channel_multiple`` (or the group's full size).
+        """At least the group's floor, and a multiple of the group's rounding ``multiple`` (or its full size).
 
         Rounding is stochastic and unbiased (up with probability equal to the remainder's fraction), so the
         expected saving the inquisitor aimed for survives rounding: nearest-rounding would turn every small
         step back into the parent. Accepted parents have rounded widths, so rounding never exceeds the parent.
         """
-        size, multiple, floor = self.graph.groups[group_id].size, self.channel_multiple, self.min_width(group_id)
+        size, multiple, floor = self.graph.groups[group_id].size, self.multiple(group_id), self.min_width(group_id)
         width = max(drawn, floor)
         if multiple > 1:
             up = torch.rand((), generator=rng).item() < (width % multiple) / multiple

@@ -110,6 +110,7 @@ class Probe:
 class CycleOutcome:
     passed: bool
     margin: float  # metric distance above (positive) or below (negative) the gate bound
+    cut: float = 0.0  # the fraction of the parent's MACs the candidate really removed (rounding moves it off the step)
 
 
 class Inquisitor:
@@ -216,15 +217,18 @@ class Inquisitor:
     # --- learning from outcomes ----------------------------------------------------------------
     @timed("learn")
     def learn(self, outcome: CycleOutcome, parent_arch: Architecture, child_arch: Architecture) -> None:
-        """Adapt the step size and protect the groups/blocks that a failing candidate cut deepest."""
+        """Adapt the step size to what the candidate really cut, and protect the groups/blocks that a failing
+        candidate cut deepest: a pass with margin grows the larger of the step and the cut; a failure halves the
+        cut that failed (the step, if nothing was cut)."""
         if outcome.passed:
             if outcome.margin >= self.comfortable_margin:
+                self.step = min(self.max_step, max(self.step, outcome.cut))
                 self.grow_step()
             for table in (self.group_sensitivity, self.block_sensitivity):
                 for key in table:
                     table[key] = 1.0 + 0.8 * (table[key] - 1.0)
             return
-        self.step = max(self.min_step, self.step / 2)
+        self.step = max(self.min_step, (outcome.cut if outcome.cut > 0 else self.step) / 2)
         for group_id, kept in parent_arch.channels.items():
             if kept and group_id in child_arch.channels:
                 cut = 1.0 - len(set(child_arch.channels[group_id]) & set(kept)) / len(kept)
@@ -249,13 +253,14 @@ class Inquisitor:
         return importance * self.group_sensitivity.get(group_id, 1.0)
 
     @timed("propose")
-    def propose(self, generator: Generator, macs: dict[str, int], parent_macs: int) -> KeepLogits:
+    def propose(self, generator: Generator, macs: dict[str, int], parent_macs: int, aim: float = 1.0) -> KeepLogits:
         """The keep-logits θ_G should take so that sampling drops ~``step`` of the parent's MACs, lowest
         information-per-MAC first.
 
         Targets are θ_u = sharpness · ln(score_u / b), score = importance per MAC; the threshold b is set so
-        that the MACs saved *in expectation under sampling* match the step. Channels the parent no longer has
-        get DROP_LOGIT; each group's most informative channels up to its floor get KEEP_LOGIT.
+        that the MACs saved *in expectation under sampling* match ``aim`` x the step (the caller's correction for
+        what the linear cost estimate and rounding make of it). Channels the parent no longer has get DROP_LOGIT;
+        each group's most informative channels up to its floor get KEEP_LOGIT.
         """
         graph, parent_arch = generator.graph, generator.parent_arch
         modules = dict(generator.parent.named_modules())
@@ -287,7 +292,7 @@ class Inquisitor:
 
         all_scores = torch.cat([*scores.values(), torch.tensor(list(block_scores.values()) or [1.0])]).log()
         low, high = float(all_scores.min()) - 5.0, float(all_scores.max()) + 5.0
-        budget = self.step * parent_macs
+        budget = min(self.step * aim, 0.95) * parent_macs
         for _ in range(40):  # bisection: expected saving grows with the threshold
             middle = (low + high) / 2
             low, high = (middle, high) if expected_saving(middle) < budget else (low, middle)

@@ -2,15 +2,24 @@
 
 Whoever trains the networks (the Lightning callback, a test, a script) calls ``end_epoch`` after every
 training epoch with the network and its validation metric; the loop decides (conclude the prototype,
-conclude a cycle, propose the next candidate) and returns the network to train next when a phase starts
-with a new one. Probing is attached and detached around the batches the schedule names. Work that must
-agree across processes (gate decisions, probe insights, sampled architectures) goes through a
-``Collective``; the default is a single process.
+conclude a cycle or reject its candidate early, propose the next candidate, polish the best one) and
+returns the network to train next when a phase starts with a new one. Probing is attached and detached
+around the batches the schedule names; distillation from φ is attached to every network the loop hands
+out. Work that must agree across processes (gate decisions, probe insights, sampled architectures) goes
+through a ``Collective``; the default is a single process.
+
+Judging a candidate by what it will reach: after one or two epochs a candidate has not recovered, and the
+polish recovers more. The loop measures what fine-tuning recovers in this run (a candidate's metric after
+its last epoch minus after its first) and accepts intermediate candidates that come within
+``recovery_allowance`` times that recovery of the bound. Only the answer must pass the real gate, after its
+polish; if it does not, the run falls back to the best network that did, and says so.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -20,20 +29,23 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from gensynth_pl.distillation import DistillationLoss, Distiller, soft_target_loss
 from gensynth_pl.export import export_onnx, save_network
 from gensynth_pl.gates import Gate
 from gensynth_pl.generator import Generator
 from gensynth_pl.graph import Architecture, NetworkGraph
 from gensynth_pl.inquisitor import CycleOutcome, Inquisitor, Probe, ProbeResult
-from gensynth_pl.metrics import NetScoreUnits, NetworkReport, macs_per_module
-from gensynth_pl.record import CycleEntry, SynthesisRecord
-from gensynth_pl.report import cycle_header, cycle_row, epoch_line, final_summary, pareto_plot
+from gensynth_pl.metrics import NetScoreUnits, NetworkReport, count_macs, macs_per_module
+from gensynth_pl.record import CycleEntry, PolishEntry, SynthesisRecord
+from gensynth_pl.report import cycle_header, cycle_row, epoch_line, final_summary, pareto_plot, polish_line
 from gensynth_pl.rundir import ONNX_FILE, RunDirectory
-from gensynth_pl.schedule import PROTOTYPE, Schedule
+from gensynth_pl.schedule import CYCLE, POLISH, PROTOTYPE, Schedule
 from gensynth_pl.timing import timed
 from gensynth_pl.torch_utils import cpu_state_dict
 
 DRAWS_PER_STEP = 8  # samples tried before the step grows, when each one builds the parent's network again
+AIMS = 3  # proposals per cycle at most while aiming the cut at the step
+AIM_TOLERANCE = 0.25  # a cut within 25% of the step is on target
 
 
 class Collective(Protocol):
@@ -61,8 +73,28 @@ class SingleProcess:
         return obj
 
 
+@dataclasses.dataclass
+class Choice:
+    """A network the run may answer with: its spec, a CPU copy, how it measured, the cycle that produced it."""
+
+    arch: Architecture
+    network: nn.Module
+    report: NetworkReport
+    cycle: int
+
+    def state_dict(self) -> dict:
+        return {"arch": self.arch.to_dict(), "weights": cpu_state_dict(self.network), "report": self.report.to_dict(),
+                "cycle": self.cycle}
+
+
 class SynthesisLoop:
-    """Generative synthesis of one prototype: see the module docstring for how it is driven."""
+    """Generative synthesis of one prototype: see the module docstring for how it is driven.
+
+    ``recovery_allowance`` scales the measured recovery into the allowance (0: every candidate must pass the real
+    bound); ``early_reject_margin``: a candidate whose first-epoch metric, plus the recovery this run measured,
+    stays more than this below the allowed bound is rejected after that epoch (None: never); ``distill_weight``
+    and ``distill_temperature``: distillation from φ into every candidate and the polish (weight 0: off).
+    """
 
     def __init__(
         self,
@@ -79,6 +111,10 @@ class SynthesisLoop:
         task_name: str = "custom",
         output_dir: str | Path | None = None,
         export_onnx: bool = True,
+        recovery_allowance: float = 0.5,
+        early_reject_margin: float | None = 0.02,
+        distill_weight: float = 1.0,
+        distill_temperature: float = 4.0,
         log: Callable[[str], None] = print,
         collective: Collective | None = None,
     ) -> None:
@@ -89,6 +125,15 @@ class SynthesisLoop:
         for name, value in (("channel_multiple", channel_multiple), ("probe_batches", probe_batches)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"synthesis.{name}={value!r} is invalid: it must be an integer >= 1")
+        if recovery_allowance < 0 or (early_reject_margin is not None and early_reject_margin < 0):
+            raise ValueError(
+                f"synthesis.recovery_allowance={recovery_allowance} and synthesis.early_reject_margin={early_reject_margin} "
+                "must be >= 0 (early_reject_margin=null: never reject early)"
+            )
+        if distill_weight < 0 or distill_temperature <= 0:
+            raise ValueError(
+                f"synthesis.distill_weight={distill_weight} must be >= 0 (0: off) and distill_temperature={distill_temperature} > 0"
+            )
         self.gate, self.schedule = gate, schedule
         self.inquisitor = inquisitor or Inquisitor()
         self.seed, self.temperature, self.min_channels = seed, temperature, min_channels
@@ -96,6 +141,9 @@ class SynthesisLoop:
         self.prototype_config = prototype_config
         self.run_dir = RunDirectory(output_dir) if output_dir is not None else None
         self.export_onnx, self.log = export_onnx, log
+        self.recovery_allowance, self.early_reject_margin = recovery_allowance, early_reject_margin
+        self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
+        self.distillation_loss: DistillationLoss | None = soft_target_loss  # None: the trained module opts out
         self.collective = collective or SingleProcess()
         self.record = SynthesisRecord(task=task_name, gate=gate.to_dict())
         self.graph: NetworkGraph | None = None
@@ -103,16 +151,30 @@ class SynthesisLoop:
         self.candidate_arch: Architecture | None = None
         self.candidate_seed: int | None = None
         self.candidate_redraws = 0
-        self.best_network: nn.Module | None = None
-        self.best_arch: Architecture | None = None
+        self.best: Choice | None = None  # the best network that passed the real gate: the answer so far
+        self.leader: Choice | None = None  # the best accepted candidate (within the allowance): what the polish takes
         self.diverged = False
+        self._phase_metrics: list[float] = []
         self._probe_result: ProbeResult | None = None
+        self._distiller: Distiller | None = None
+        self._distilling = None
+        self._parent_macs = 0
+        self.aim = 1.0  # the correction of the inquisitor's budget that makes candidates cut what the step asks
+        self._epoch = 0
         self._phase_started = self._run_started = time.monotonic()
         self._best_unsaved = False
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self.graph.input_shape
+
+    @property
+    def best_network(self) -> nn.Module | None:
+        return None if self.best is None else self.best.network
+
+    @property
+    def best_arch(self) -> Architecture | None:
+        return None if self.best is None else self.best.arch
 
     # --- driving ---------------------------------------------------------------------------------
     def trace(
@@ -129,6 +191,7 @@ class SynthesisLoop:
     def start_phase(self) -> None:
         """A phase's first epoch begins: its clock starts and its divergence flag clears."""
         self._phase_started = time.monotonic()
+        self._phase_metrics = []
         self.diverged = False
 
     def check_loss(self, loss: Tensor) -> None:
@@ -137,9 +200,10 @@ class SynthesisLoop:
             self.diverged = True
 
     def probes(self, epoch: int, batch_idx: int) -> bool:
-        """Whether this training batch is one the inquisitor probes: the first ``probe_batches`` of a phase's
-        last epoch."""
-        return self.schedule.ends_phase(epoch) and batch_idx < self.probe_batches
+        """Whether this training batch is one the inquisitor probes: the first ``probe_batches`` of the last epoch
+        of φ's phase or a cycle (a polished network is not probed: nothing is generated after it)."""
+        phase = self.schedule.phase
+        return phase is not None and phase.kind != POLISH and self.schedule.ends_phase(epoch) and batch_idx < self.probe_batches
 
     def attach_probe(self, network: nn.Module) -> Probe:
         arch = self.candidate_arch or self.graph.full_architecture()
@@ -150,25 +214,64 @@ class SynthesisLoop:
         self._probe_result = result
 
     def end_epoch(self, epoch: int, network: nn.Module, metric: float) -> nn.Module | None:
-        """After training epoch ``epoch`` (its validation gave ``metric``): conclude the phase if it ended and
-        return the next candidate to train (swap it in and rebuild the optimizers), or None to go on as is."""
-        if not self.schedule.ends_phase(epoch):
+        """After training epoch ``epoch`` (its validation gave ``metric``): conclude the phase if it ended (or reject
+        a cycle's candidate early) and return the network to train next (swap it in and rebuild the optimizers),
+        or None to go on as is. When the schedule has no phase left the run is complete (``schedule.phase`` None)."""
+        phase, self._epoch = self.schedule.phase, epoch
+        metric = math.nan if self.diverged and phase.kind != PROTOTYPE else metric
+        self._phase_metrics.append(metric)
+        early = phase.kind == CYCLE and not self.schedule.ends_phase(epoch) and self._rejects_early(epoch, metric)
+        if not (self.schedule.ends_phase(epoch) or early):
             return None
-        if self.schedule.phase.kind == PROTOTYPE:
+        self._stop_distilling()
+        if phase.kind == PROTOTYPE:
             self.conclude_prototype(network, metric)
+        elif phase.kind == CYCLE:
+            self.conclude_cycle(network, metric, early_rejected=early)
         else:
-            self.conclude_cycle(network, metric)
-        following = self.schedule.advance()
-        candidate = self.propose(following.index) if following is not None else None
+            self.conclude_polish(network, metric)
+        following = self.schedule.advance(epoch, can_polish=self.leader is not None)
+        self.start_phase()
+        upcoming = None
+        if following is not None:
+            upcoming = self.propose(following.index) if following.kind == CYCLE else self._polish_network()
+            self._start_distilling(upcoming)
         self.save_progress()
-        return candidate
+        return upcoming
 
     def epoch_progress(self, epoch: int, metric: float) -> str:
         """One line per epoch (phase, metric, elapsed, ETA) for logs without a live progress bar."""
-        elapsed = time.monotonic() - self._run_started
-        eta = elapsed / (epoch + 1) * self.schedule.remaining_epochs(epoch)
         phase = self.schedule.phase.describe() if self.schedule.phase is not None else "done"
-        return epoch_line(epoch + 1, self.schedule.total_epochs, phase, self.gate.monitor, metric, elapsed, eta)
+        return epoch_line(epoch + 1, self.schedule.total_epochs, phase, self.gate.monitor, metric, *self._times(epoch))
+
+    def _times(self, epoch: int) -> tuple[float, float]:
+        """Seconds since the run started, and an estimate of the seconds its remaining epochs take."""
+        elapsed = time.monotonic() - self._run_started
+        return elapsed, elapsed / (epoch + 1) * self.schedule.remaining_epochs(epoch)
+
+    # --- what fine-tuning recovers ---------------------------------------------------------------
+    def measured_recovery(self) -> float | None:
+        """The median rise of a candidate's metric from its first epoch to its last in this run (None: unmeasured)."""
+        gains = [entry.recovery for entry in self.record.cycles if entry.recovery is not None]
+        return statistics.median(gains) if gains else None
+
+    def allowance(self) -> float:
+        """How far below the bound an intermediate candidate may be and still be accepted."""
+        recovery = self.measured_recovery()
+        return self.recovery_allowance * max(recovery, 0.0) if recovery is not None else 0.0
+
+    def _rejects_early(self, epoch: int, metric: float) -> bool:
+        """After a cycle's first epoch: reject when even the recovery this run measured leaves the candidate more
+        than ``early_reject_margin`` below the allowed bound (or its training diverged)."""
+        if self.early_reject_margin is None or self.schedule.epochs_into_phase(epoch) != 1:
+            return False
+        if not math.isfinite(metric):
+            return True
+        recovery = self.measured_recovery()
+        if recovery is None:
+            return False
+        expected = self.gate.margin(metric) + max(recovery, 0.0) + self.allowance()
+        return not self.collective.all_agree(expected + self.early_reject_margin >= 0)
 
     # --- decisions -------------------------------------------------------------------------------
     def conclude_prototype(self, network: nn.Module, metric: float) -> NetworkReport:
@@ -184,7 +287,10 @@ class SynthesisLoop:
         passed = self.gate.passes(metric)
         report = self._measure(network, metric, passed)
         self.record.prototype = report
-        self._set_best(self.generator.parent, self.generator.parent_arch, report, cycle=0)
+        self._set_best(Choice(self.generator.parent_arch, self.generator.parent, report, 0))
+        if self.distill_weight > 0 and self.distillation_loss is not None:
+            self._distiller = Distiller(self.generator.prototype, self.distillation_loss, self.distill_weight,
+                                        self.distill_temperature)
         if not passed and self.collective.is_main:
             warnings.warn(
                 f"the prototype itself fails the gate ({self.gate.describe()}, got {metric:.4f}): candidates are unlikely "
@@ -195,19 +301,25 @@ class SynthesisLoop:
         self._log(cycle_header())
         return report
 
-    def conclude_cycle(self, network: nn.Module, metric: float) -> CycleEntry:
-        """The candidate of the current cycle is trained: gate it, let θ_I learn, accept it or roll back."""
+    def conclude_cycle(self, network: nn.Module, metric: float, early_rejected: bool = False) -> CycleEntry:
+        """The candidate of the current cycle is trained (or rejected after its first epoch): gate it, let θ_I
+        learn, accept it (within the allowance) or roll back."""
         cycle, arch = self.schedule.phase.index, self.candidate_arch
-        metric = math.nan if self.diverged else metric
-        passed = self.collective.all_agree(self.gate.passes(metric))
-        report = self._measure(network, metric, passed)
-        outcome = CycleOutcome(passed=passed, margin=self.gate.margin(metric) if passed else -1.0)
-        self.inquisitor.learn(outcome, self.generator.parent_arch, arch)
-        if passed:
+        allowance = self.allowance()
+        accepted = not early_rejected and self.collective.all_agree(self.gate.passes(metric, allowance))
+        report = self._measure(network, metric, self.collective.all_agree(self.gate.passes(metric)))
+        cut = 1.0 - report.macs / self._parent_macs if self._parent_macs else 0.0
+        margin = self.gate.margin(metric) + allowance if accepted else -1.0
+        self.inquisitor.learn(CycleOutcome(passed=accepted, margin=margin, cut=cut), self.generator.parent_arch, arch)
+        if accepted:
             self.generator.accept(arch, network)
             self._fold_probe(arch)
-            if not self.record.best.gate_passed or report.netscore > self.record.best.netscore:
-                self._set_best(network, arch, report, cycle)
+            choice = Choice(arch, network, report, cycle)
+            if self.leader is None or report.netscore > self.leader.report.netscore:
+                self.leader = Choice(arch, copy.deepcopy(network).cpu(), report, cycle)
+            if report.gate_passed and (not self.best.report.gate_passed or report.netscore > self.best.report.netscore):
+                self._set_best(choice)
+            self._check_prototype_strength(metric)
         else:
             self.generator.rollback()
             self._probe_result = None
@@ -215,31 +327,88 @@ class SynthesisLoop:
             cycle=cycle,
             seed=self.candidate_seed,
             report=report,
-            accepted=passed,
+            accepted=accepted,
             step=self.inquisitor.step,
             seconds=round(time.monotonic() - self._phase_started, 2),
             widths=arch.widths(),
             removed_blocks=list(arch.removed_blocks),
             diverged=self.diverged,
             redraws=self.candidate_redraws,
+            epochs=len(self._phase_metrics),
+            first_metric=self._phase_metrics[0],
+            early_rejected=early_rejected,
+            allowance=allowance,
+            cut=round(cut, 4),
         )
         self.record.cycles.append(entry)
-        self._log(cycle_row(entry, self.schedule.cycles, sum(c.seconds for c in self.record.cycles)))
+        self._log(cycle_row(entry, self._epoch + 1, self.schedule.total_epochs, self._times(self._epoch)[1]))
         if self.diverged:
             self._log(f"cycle {cycle}: non-finite training loss; candidate rejected, generator rolled back")
         return entry
 
+    def _check_prototype_strength(self, metric: float) -> None:
+        """Accepted candidates that beat φ by more than the allowed drop mean φ was under-trained: a gate relative
+        to its score is weak. Say so once."""
+        gate = self.gate
+        if not gate.relative or self.record.prototype_undertrained:
+            return
+        gain = metric - gate.prototype_metric if gate.higher_is_better else gate.prototype_metric - metric
+        if gain > gate.threshold:
+            self.record.prototype_undertrained = True
+            message = (
+                f"a candidate scores {metric:.4f}, beating the prototype's {gate.prototype_metric:.4f} by more than the "
+                f"allowed drop {gate.threshold:g}: the prototype looks under-trained, so a gate relative to it is weak. "
+                "Train it longer (synthesis.prototype_epochs) or set an absolute gate (gate.relative=false gate.threshold=...)"
+            )
+            self._log(f"warning: {message}")
+            if self.collective.is_main:
+                warnings.warn(message)
+
+    def _polish_network(self) -> nn.Module:
+        """The leader, to be fine-tuned for the rest of the budget."""
+        self.candidate_arch = self.leader.arch
+        return copy.deepcopy(self.leader.network)
+
+    def conclude_polish(self, network: nn.Module, metric: float) -> PolishEntry:
+        """The polished leader meets the real gate: it is the answer (unless a passing network scores higher);
+        otherwise the run keeps the best network that passed, and says so."""
+        leader = self.leader
+        passed = self.collective.all_agree(self.gate.passes(metric))
+        after = self._measure(network, metric, passed)
+        accepted = passed and (not self.best.report.gate_passed or after.netscore >= self.best.report.netscore)
+        entry = PolishEntry(leader.cycle, len(self._phase_metrics), leader.report, after, accepted,
+                            round(time.monotonic() - self._phase_started, 2))
+        self.record.polish = entry
+        if accepted:
+            self._set_best(Choice(leader.arch, network, after, leader.cycle))
+        self._log(polish_line(entry, self.gate.describe(), self.best.cycle, self.best.report))
+        return entry
+
     def propose(self, cycle: int) -> nn.Module:
-        """Δθ_G from the inquisitor, then the candidate of ``cycle`` sampled and built (inheriting weights)."""
+        """Δθ_G from the inquisitor, then the candidate of ``cycle`` sampled and built (inheriting weights).
+
+        The inquisitor aims at an expected saving that counts each channel's cost linearly and ignores rounding,
+        so a sample cuts more or less than the step; the loop measures what the candidate really cuts and, until
+        it is within ``AIM_TOLERANCE`` of the step, corrects the aim and proposes again (at most ``AIMS`` times;
+        the correction carries over to the next cycle)."""
         with timed("propose"):
             macs = macs_per_module(self.generator.parent, self.input_shape)
-        self.generator.update(self.inquisitor.propose(self.generator, macs, macs[""]))
-        own, seed, redraws = self._draw(cycle, macs)
-        arch = self.collective.broadcast(own)
-        if not self.collective.all_agree(arch == own):
-            raise RuntimeError(f"cycle {cycle}: ranks generated different architectures from the same generator state")
+        self._parent_macs = macs[""]
+        for attempt in range(AIMS):
+            self.generator.update(self.inquisitor.propose(self.generator, macs, macs[""], self.aim))
+            own, seed, redraws = self._draw(cycle, macs)
+            arch = self.collective.broadcast(own)
+            if not self.collective.all_agree(arch == own):
+                raise RuntimeError(f"cycle {cycle}: ranks generated different architectures from the same generator state")
+            candidate = self.generator.build(arch)
+            with timed("propose"):
+                cut = 1.0 - count_macs(candidate, self.input_shape) / macs[""]
+            step = self.inquisitor.step
+            if abs(cut - step) <= AIM_TOLERANCE * step or attempt == AIMS - 1 or cut <= 0:
+                break
+            self.aim = min(4.0, max(0.25, self.aim * step / cut))
         self.candidate_arch, self.candidate_seed, self.candidate_redraws = arch, seed, redraws
-        return self.generator.build(arch)
+        return candidate
 
     def _draw(self, cycle: int, macs: dict[str, int]) -> tuple[Architecture, int, int]:
         """Sample until the architecture differs from the parent's network; after ``DRAWS_PER_STEP`` draws that
@@ -254,7 +423,17 @@ class SynthesisLoop:
                 redraws += 1
             if not self.inquisitor.grow_step():
                 return arch, seed, redraws  # nothing left to cut at the largest step: the parent is trained again
-            self.generator.update(self.inquisitor.propose(self.generator, macs, macs[""]))
+            self.generator.update(self.inquisitor.propose(self.generator, macs, macs[""], self.aim))
+
+    def _start_distilling(self, network: nn.Module) -> None:
+        if self._distiller is not None:
+            self._distilling = self._distiller.attach(network)
+
+    def _stop_distilling(self) -> None:
+        """Before a network is judged, copied or kept: its distillation hook goes."""
+        if self._distilling is not None:
+            self._distilling.remove()
+            self._distilling = None
 
     def _fold_probe(self, arch: Architecture) -> None:
         """Fold the accepted network's probe into θ_I, averaged over processes so every one learns the same."""
@@ -271,16 +450,24 @@ class SynthesisLoop:
     def _measure(self, network: nn.Module, metric: float, passed: bool) -> NetworkReport:
         return NetworkReport.measure(network, self.input_shape, metric, passed, self.netscore_units)
 
-    def _set_best(self, network: nn.Module, arch: Architecture, report: NetworkReport, cycle: int) -> None:
-        self.best_network = copy.deepcopy(network).cpu()
-        self.best_arch = arch
-        self.record.best, self.record.best_cycle = report, cycle
+    def _set_best(self, choice: Choice) -> None:
+        self.best = Choice(choice.arch, copy.deepcopy(choice.network).cpu(), choice.report, choice.cycle)
+        self.record.best, self.record.best_cycle = choice.report, choice.cycle
         self._best_unsaved = True
 
     # --- output ----------------------------------------------------------------------------------
     def _log(self, text: str) -> None:
         if self.collective.is_main:
             self.log(text)
+
+    def record_test(self, results: dict[str, dict[str, float]]) -> None:
+        """Test-split metrics of the prototype and the answer (after the synthesis: they decide nothing)."""
+        self.record.prototype = dataclasses.replace(self.record.prototype, test=results["prototype"])
+        self.best.report = self.record.best = dataclasses.replace(self.record.best, test=results["best"])
+        self._best_unsaved = True
+        self.save_progress()
+        for name, metrics in results.items():
+            self._log(f"test split, {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
 
     @timed("save")
     def save_progress(self) -> None:
@@ -290,21 +477,22 @@ class SynthesisLoop:
         self.record.write(self.run_dir.summary)
         self.generator.save(self.run_dir.generator, extra={"gate": self.gate.to_dict(), "task": self.record.task})
         if self._best_unsaved:
-            best = self.record.best.to_dict()
-            save_network(self.run_dir.best, self.best_network, self.best_arch, self.graph, self.prototype_config, best)
+            best = self.best
+            save_network(self.run_dir.best, best.network, best.arch, self.graph, self.prototype_config, best.report.to_dict())
             self._best_unsaved = False
 
     def finish(self) -> nn.Module | None:
         """After the last phase: the Pareto plot, the best network's ONNX export, the final summary; returns a
         copy of the best network (None when the prototype never finished training)."""
-        if self.best_network is None:
+        self._stop_distilling()
+        if self.best is None:
             return None
         if self.run_dir is not None and self.collective.is_main:
             pareto_plot(self.record, self.run_dir.pareto)
             if self.export_onnx:
-                export_onnx(self.best_network, self.input_shape, self.run_dir.best / ONNX_FILE)
+                export_onnx(self.best.network, self.input_shape, self.run_dir.best / ONNX_FILE)
         self._log(final_summary(self.record))
-        return copy.deepcopy(self.best_network)
+        return copy.deepcopy(self.best.network)
 
     # --- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -322,13 +510,16 @@ class SynthesisLoop:
             "candidate": None if self.candidate_arch is None else self.candidate_arch.to_dict(),
             "candidate_seed": self.candidate_seed,
             "candidate_redraws": self.candidate_redraws,
-            "best_arch": self.best_arch.to_dict(),
-            "best_weights": cpu_state_dict(self.best_network),
+            "parent_macs": self._parent_macs,
+            "aim": self.aim,
+            "phase_metrics": list(self._phase_metrics),
+            "best": self.best.state_dict(),
+            "leader": None if self.leader is None else self.leader.state_dict(),
         }
 
     def load_state_dict(self, state: dict, prototype: nn.Module) -> nn.Module | None:
-        """Restore from ``state_dict`` given a freshly built prototype; returns the candidate network being
-        trained when the state was saved (shaped, with the prototype's weights: load the checkpoint's next)."""
+        """Restore from ``state_dict`` given a freshly built prototype; returns the network being trained when the
+        state was saved (shaped, with the prototype's weights: load the checkpoint's next)."""
         self.trace(prototype, tuple(state["input_shape"]), state["output_layers"], state["removable_blocks"])
         self.schedule.load_state_dict(state["schedule"])
         self.generator = Generator(prototype, self.graph, self.min_channels, self.prototype_config, self.channel_multiple)
@@ -337,9 +528,21 @@ class SynthesisLoop:
         self.gate.load_state_dict(state["gate"])
         self.record = SynthesisRecord.from_dict(state["record"])
         self.candidate_seed, self.candidate_redraws = state["candidate_seed"], state["candidate_redraws"]
-        self.best_arch = Architecture.from_dict(state["best_arch"])
-        self.best_network = self.graph.rebuild(self.generator.prototype, self.best_arch, state["best_weights"])
+        self._parent_macs, self._phase_metrics = state["parent_macs"], list(state["phase_metrics"])
+        self.aim = state["aim"]
+        self.best = self._choice(state["best"])
+        self.leader = None if state["leader"] is None else self._choice(state["leader"])
+        if self.distill_weight > 0 and self.distillation_loss is not None:
+            self._distiller = Distiller(self.generator.prototype, self.distillation_loss, self.distill_weight,
+                                        self.distill_temperature)
         if not state["candidate"]:
             return None
         self.candidate_arch = Architecture.from_dict(state["candidate"])
-        return self.graph.rebuild(self.generator.prototype, self.candidate_arch)
+        network = self.graph.rebuild(self.generator.prototype, self.candidate_arch)
+        self._start_distilling(network)
+        return network
+
+    def _choice(self, state: dict) -> Choice:
+        arch = Architecture.from_dict(state["arch"])
+        network = self.graph.rebuild(self.generator.prototype, arch, state["weights"])
+        return Choice(arch, network, NetworkReport(**state["report"]), state["cycle"])

@@ -77,6 +77,7 @@ class NetworkReport:
     netscore: float
     information_density: float
     gate_passed: bool
+    test: dict[str, float] | None = None  # metrics on the data's test split, measured after the synthesis
 
     @classmethod
     def measure(

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
+from gensynth_pl.distillation import soft_target_loss
 from gensynth_pl.schedule import training_phase
 
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
@@ -63,9 +64,15 @@ class SynthesisModule(L.LightningModule):
         self.optimizer_factory = optimizer or sgd
         self.scheduler_factory = scheduler
         self.val_metrics = task.metrics().clone(prefix="val/")
+        self.test_metrics = task.metrics().clone(prefix="test/")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def distillation_loss(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """How a candidate learns from φ's outputs (gensynth_pl.distillation): the task's rule, or soft targets."""
+        rule = getattr(self.task, "distillation_loss", None)
+        return (rule or soft_target_loss)(student, teacher, temperature)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         inputs, targets = batch
@@ -74,17 +81,29 @@ class SynthesisModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        inputs, targets = batch
-        outputs = self.net(inputs)
-        self.log("val/loss", self.task.loss(outputs, targets), batch_size=len(inputs))
-        self.val_metrics.update(*self.task.metric_inputs(outputs, targets))
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
 
     def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics)
+
+    def _evaluate(self, batch, split: str, metrics: MetricCollection) -> None:
+        inputs, targets = batch
+        outputs = self.net(inputs)
+        self.log(f"{split}/loss", self.task.loss(outputs, targets), batch_size=len(inputs))
+        metrics.update(*self.task.metric_inputs(outputs, targets))
+
+    def _log_metrics(self, metrics: MetricCollection) -> None:
         # Log floating-point scalars only: some metrics also return per-class tensors and integer bookkeeping
         # (MeanAveragePrecision's ``map_per_class``, ``classes``), which Lightning cannot log.
-        values = self.val_metrics.compute()
+        values = metrics.compute()
         self.log_dict({k: v for k, v in values.items() if v.numel() == 1 and v.is_floating_point()}, prog_bar=True)
-        self.val_metrics.reset()
+        metrics.reset()
 
     def configure_optimizers(self):
         phase = training_phase(self.trainer)

@@ -20,6 +20,16 @@ def optimization(cfg: DictConfig) -> dict:
     return {"optimizer": instantiate(cfg.optimizer), "scheduler": scheduler}
 
 
+def load_weights(network: torch.nn.Module, path: str) -> None:
+    """A trained prototype's weights (a state dict saved with torch.save, e.g. a run's best/weights.pt)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"prototype_weights: '{path}' does not exist; point it to a state dict saved with torch.save")
+    try:
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except RuntimeError as error:
+        raise ValueError(f"prototype_weights: '{path}' does not fit the {type(network).__name__} of the model config: {error}") from error
+
+
 def synthesize(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> tuple[SynthesisRecord, GenerativeSynthesis]:
     """Train the prototype, run the synthesis cycles, write the run directory; returns the record and the callback.
     ``extra_callbacks`` run after the configured ones (e.g. a benchmark's timer)."""
@@ -28,6 +38,8 @@ def synthesize(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None)
     datamodule = instantiate(cfg.data)
     task = instantiate(cfg.task)
     network = instantiate(cfg.model)
+    if cfg.get("prototype_weights"):
+        load_weights(network, cfg.prototype_weights)
     module = SynthesisModule(network, task, **optimization(cfg))
     synthesis: GenerativeSynthesis = instantiate(
         cfg.synthesis,
@@ -49,6 +61,7 @@ def synthesize(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None)
     torch.set_float32_matmul_precision("high")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        synthesis.evaluate_test_split(trainer, module, datamodule)
     finally:
         if isinstance(logger, WandbLogger):  # each multirun job gets its own W&B run
             import wandb

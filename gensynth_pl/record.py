@@ -15,6 +15,10 @@ from gensynth_pl.rundir import write_text_atomic
 _REPORT_KEYS = tuple(f.name for f in fields(NetworkReport))
 
 
+def _report(data: dict | None) -> NetworkReport | None:
+    return None if data is None else NetworkReport(**{k: data[k] for k in _REPORT_KEYS if k in data})
+
+
 @dataclass
 class CycleEntry:
     """One synthesis cycle: the candidate drawn from ``seed``, how it measured, and what was decided."""
@@ -29,17 +33,48 @@ class CycleEntry:
     removed_blocks: list[str]
     diverged: bool = False
     redraws: int = 0  # samples redrawn because they built the parent's network again
+    epochs: int = 0  # epochs the candidate was trained
+    first_metric: float | None = None  # the metric after its first epoch
+    early_rejected: bool = False  # rejected after its first epoch, the rest of its epochs freed
+    allowance: float = 0.0  # how far below the bound it could be and still be accepted (expected recovery)
+    cut: float = 0.0  # the fraction of the parent's MACs it removed
+
+    @property
+    def recovery(self) -> float | None:
+        """How much its metric rose from its first epoch to its last (None unless trained 2+ epochs, finitely)."""
+        if self.epochs < 2 or self.diverged or self.first_metric is None:
+            return None
+        return self.report.metric - self.first_metric
 
     def to_dict(self) -> dict:
         entry = asdict(self)
         del entry["report"]
-        return {"cycle": self.cycle, "seed": self.seed, **self.report.to_dict(), **entry}
+        report = {k: v for k, v in self.report.to_dict().items() if k != "test"}
+        return {"cycle": self.cycle, "seed": self.seed, **report, **entry}
 
     @classmethod
     def from_dict(cls, data: dict) -> "CycleEntry":
-        report = NetworkReport(**{k: data[k] for k in _REPORT_KEYS})
         own = {f.name for f in fields(cls)} - {"report"}
-        return cls(report=report, **{k: v for k, v in data.items() if k in own})
+        return cls(report=_report(data), **{k: v for k, v in data.items() if k in own})
+
+
+@dataclass
+class PolishEntry:
+    """The final polish: the best candidate (of ``cycle``) fine-tuned ``epochs`` more, then gated at the real bound."""
+
+    cycle: int
+    epochs: int
+    before: NetworkReport
+    after: NetworkReport
+    accepted: bool  # it passed the gate: the run's answer
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "before": self.before.to_dict(), "after": self.after.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PolishEntry":
+        return cls(**{**data, "before": _report(data["before"]), "after": _report(data["after"])})
 
 
 @dataclass
@@ -50,6 +85,8 @@ class SynthesisRecord:
     best: NetworkReport | None = None
     best_cycle: int | None = None
     cycles: list[CycleEntry] = field(default_factory=list)
+    polish: PolishEntry | None = None
+    prototype_undertrained: bool = False  # accepted candidates beat φ by more than the allowed drop
 
     @property
     def any_candidate_passed(self) -> bool:
@@ -64,20 +101,21 @@ class SynthesisRecord:
             "best_cycle": self.best_cycle,
             "any_candidate_passed": self.any_candidate_passed,
             "cycles": [c.to_dict() for c in self.cycles],
+            "polish": None if self.polish is None else self.polish.to_dict(),
+            "prototype_undertrained": self.prototype_undertrained,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "SynthesisRecord":
-        def report(value: dict | None) -> NetworkReport | None:
-            return None if value is None else NetworkReport(**{k: value[k] for k in _REPORT_KEYS})
-
         return cls(
             task=data["task"],
             gate=data["gate"],
-            prototype=report(data["prototype"]),
-            best=report(data["best"]),
+            prototype=_report(data["prototype"]),
+            best=_report(data["best"]),
             best_cycle=data["best_cycle"],
             cycles=[CycleEntry.from_dict(c) for c in data["cycles"]],
+            polish=None if data.get("polish") is None else PolishEntry.from_dict(data["polish"]),
+            prototype_undertrained=data.get("prototype_undertrained", False),
         )
 
     def write(self, path: str | Path) -> None:

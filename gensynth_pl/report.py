@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gensynth_pl.record import CycleEntry, SynthesisRecord
+from gensynth_pl.metrics import NetworkReport
+from gensynth_pl.record import CycleEntry, PolishEntry, SynthesisRecord
 from gensynth_pl.rundir import write_atomic
 
 CYCLE_COLUMNS = ("cycle", "seed", "params", "macs", "metric", "netscore", "gate_passed", "accepted", "step", "seconds")
@@ -36,12 +37,24 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def cycle_row(entry: CycleEntry, cycles: int, elapsed: float) -> str:
-    """One table row, ending with progress across cycles and the time the remaining cycles should take."""
-    done = entry.cycle
-    eta = elapsed / max(done, 1) * (cycles - done)
+def cycle_row(entry: CycleEntry, epoch: int, epochs: int, eta: float) -> str:
+    """One table row, ending with the run's progress in epochs and the time its remaining epochs should take."""
     values = entry.to_dict()
-    return " | ".join([*(f"{_fmt(c, values.get(c, '')):>11}" for c in CYCLE_COLUMNS), f"{done}/{cycles} eta {_clock(eta)}"])
+    if entry.early_rejected:
+        values["accepted"] = "early no"
+    elif entry.accepted and not entry.report.gate_passed:
+        values["accepted"] = "allowed"  # within the allowance: the polish is expected to recover the rest
+    return " | ".join([*(f"{_fmt(c, values.get(c, '')):>11}" for c in CYCLE_COLUMNS), f"{epoch}/{epochs} eta {_clock(eta)}"])
+
+
+def polish_line(entry: PolishEntry, gate: str, best_cycle: int, best: NetworkReport) -> str:
+    """What the polish did and which network the run answers with."""
+    line = (f"polish: cycle {entry.cycle}'s network ({_si(entry.after.macs)} MACs) fine-tuned {entry.epochs} more epochs: "
+            f"{entry.before.metric:.4f} -> {entry.after.metric:.4f}, gate {gate} ")
+    if entry.accepted:
+        return line + "passed: the run's answer"
+    verdict = "passed" if entry.after.gate_passed else "FAILED"
+    return line + f"{verdict}; the answer stays cycle {best_cycle}'s network ({_si(best.macs)} MACs, {best.metric:.4f})"
 
 
 def epoch_line(epoch: int, epochs: int, phase: str, monitor: str, metric: float, elapsed: float, eta: float) -> str:
@@ -63,13 +76,25 @@ def final_summary(record: SynthesisRecord) -> str:
     if best and not best.gate_passed:
         lines.append("  NO network passed the gate, not even the prototype: the prototype is kept as the answer (best/)")
     elif best and proto and record.best_cycle:
+        polish = record.polish
+        polished = f", polished {polish.epochs} epochs" if polish is not None and polish.accepted else ""
         lines.append(
-            f"  best (cycle {record.best_cycle}): {_si(best.macs)} MACs ({proto.macs / best.macs:.2f}x fewer), "
+            f"  best (cycle {record.best_cycle}{polished}): {_si(best.macs)} MACs ({proto.macs / best.macs:.2f}x fewer), "
             f"{_si(best.params)} params ({proto.params / best.params:.2f}x fewer), metric {best.metric:.4f}, "
             f"NetScore {best.netscore:.2f}"
         )
     elif proto:
         lines.append("  no generated candidate passed the gate: the prototype is kept as the answer (best/)")
+    if record.polish is not None and not record.polish.accepted:
+        lines.append(
+            f"  the polished network of cycle {record.polish.cycle} ({_si(record.polish.after.macs)} MACs) reached "
+            f"{record.polish.after.metric:.4f} and was not taken: the answer is the best network that passed the gate"
+        )
+    for name, report in (("prototype", proto), ("best", best)):
+        if report is not None and report.test:
+            lines.append(f"  test split, {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(report.test.items())))
+    if record.prototype_undertrained:
+        lines.append("  warning: candidates beat the prototype by more than the allowed drop: it looks under-trained")
     return "\n".join(lines)
 
 

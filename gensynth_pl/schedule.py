@@ -1,8 +1,10 @@
-"""The run's epoch budget and its phases: the prototype φ's training, then one phase per synthesis cycle.
+"""The run's epoch budget and its phases: the prototype φ's training, the synthesis cycles, the polish.
 
 The schedule is the one place that knows which phase an epoch belongs to, how long a phase lasts and at
-which learning-rate scale it trains. The synthesis loop moves it on; ``training_phase`` reads it from any
-callback that exposes it, so a module sizes its learning-rate schedule without knowing the callback.
+which learning-rate scale it trains. The synthesis loop moves it on (and may end a cycle early); the
+epochs a cycle did not use go to later cycles or to the polish, so the run's epochs are a budget, not a
+grid. ``training_phase`` reads the schedule from any callback that exposes it, so a module sizes its
+learning-rate schedule without knowing the callback.
 """
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ from dataclasses import asdict, dataclass
 
 import lightning as L
 
-PROTOTYPE, CYCLE = "prototype", "cycle"
+PROTOTYPE, CYCLE, POLISH = "prototype", "cycle", "polish"
 
 
 @dataclass(frozen=True)
 class Phase:
-    """A stretch of training with one network: φ's training (``index`` 0) or cycle ``index``'s candidate."""
+    """A stretch of training with one network: φ's training, cycle ``index``'s candidate, or the polish of the
+    best candidate."""
 
     kind: str
     index: int
@@ -29,37 +32,71 @@ class Phase:
         return self.start + self.epochs - 1
 
     def describe(self) -> str:
-        return "prototype" if self.kind == PROTOTYPE else f"cycle {self.index}"
+        return f"cycle {self.index}" if self.kind == CYCLE else self.kind
 
 
 class Schedule:
-    """Phases in order: φ for ``prototype_epochs``, then ``cycles`` cycles of ``epochs_per_cycle`` epochs, each
-    fine-tuning its candidate at ``finetune_lr_scale`` of φ's learning rate."""
+    """φ trains for ``prototype_epochs``; the cycles share a budget of ``cycles`` x ``epochs_per_cycle`` epochs,
+    each cycle fine-tuning its candidate for up to ``epochs_per_cycle`` epochs at ``finetune_lr_scale`` of φ's
+    learning rate; the polish fine-tunes the best candidate for ``polish_epochs`` plus whatever the cycles left.
+    ``prototype_epochs=0``: φ is trained already; its phase is one epoch at learning rate 0, which validates
+    and probes it without changing its weights."""
 
-    def __init__(self, prototype_epochs: int, cycles: int, epochs_per_cycle: int, finetune_lr_scale: float) -> None:
-        for name, value in (("prototype_epochs", prototype_epochs), ("cycles", cycles), ("epochs_per_cycle", epochs_per_cycle)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"synthesis.{name}={value!r} is invalid: it must be an integer >= 1")
+    def __init__(
+        self, prototype_epochs: int, cycles: int, epochs_per_cycle: int, finetune_lr_scale: float, polish_epochs: int = 0
+    ) -> None:
+        for name, value, low in (("prototype_epochs", prototype_epochs, 0), ("cycles", cycles, 1),
+                                 ("epochs_per_cycle", epochs_per_cycle, 1), ("polish_epochs", polish_epochs, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"synthesis.{name}={value!r} is invalid: it must be an integer >= {low}")
         if not 0 < finetune_lr_scale <= 1:
             raise ValueError(f"synthesis.finetune_lr_scale={finetune_lr_scale} must be in (0, 1]")
         self.prototype_epochs, self.cycles, self.epochs_per_cycle = prototype_epochs, cycles, epochs_per_cycle
-        self.finetune_lr_scale = finetune_lr_scale
-        self.phase: Phase | None = Phase(PROTOTYPE, 0, prototype_epochs, 1.0, start=0)
+        self.finetune_lr_scale, self.polish_epochs = finetune_lr_scale, polish_epochs
+        trained = prototype_epochs == 0
+        self.phase: Phase | None = Phase(PROTOTYPE, 0, self.prototype_phase_epochs, 0.0 if trained else 1.0, start=0)
+        self.cycle_epochs_used = 0
+
+    @property
+    def prototype_phase_epochs(self) -> int:
+        return max(1, self.prototype_epochs)
 
     @property
     def total_epochs(self) -> int:
         """The run's whole budget: what ``trainer.max_epochs`` must allow."""
-        return self.prototype_epochs + self.cycles * self.epochs_per_cycle
+        return self.prototype_phase_epochs + self.cycle_budget + self.polish_epochs
+
+    @property
+    def cycle_budget(self) -> int:
+        return self.cycles * self.epochs_per_cycle
+
+    @property
+    def epochs_after_prototype(self) -> int:
+        """What the run trains after φ: the epochs a fair comparison gives every fine-tuning method."""
+        return self.cycle_budget + self.polish_epochs
 
     def ends_phase(self, epoch: int) -> bool:
+        """Whether ``epoch`` is the current phase's planned last epoch."""
         return self.phase is not None and epoch >= self.phase.last_epoch
 
-    def advance(self) -> Phase | None:
-        """Move on from the current phase (it ended); returns the next one, or None when the run is complete."""
-        current = self.phase
-        index = current.index + 1
-        start = current.last_epoch + 1
-        self.phase = Phase(CYCLE, index, self.epochs_per_cycle, self.finetune_lr_scale, start) if index <= self.cycles else None
+    def epochs_into_phase(self, epoch: int) -> int:
+        """How many epochs of the current phase have been trained once ``epoch`` ends."""
+        return epoch - self.phase.start + 1
+
+    def advance(self, epoch: int, can_polish: bool = True) -> Phase | None:
+        """End the current phase after ``epoch`` (its planned end, or earlier) and return the next phase: another
+        cycle while the cycles' budget holds one, then the polish with the epochs the cycles left (when there is
+        one, ``polish_epochs`` > 0, and ``can_polish``: a candidate to polish), or None when the run is complete."""
+        current, start = self.phase, epoch + 1
+        if current.kind == CYCLE:
+            self.cycle_epochs_used += self.epochs_into_phase(epoch)
+        self.phase = None
+        if current.kind in (PROTOTYPE, CYCLE):
+            left = self.cycle_budget - self.cycle_epochs_used
+            if left >= self.epochs_per_cycle:
+                self.phase = Phase(CYCLE, current.index + 1, self.epochs_per_cycle, self.finetune_lr_scale, start)
+            elif can_polish and self.polish_epochs > 0:
+                self.phase = Phase(POLISH, current.index + 1, self.polish_epochs + left, self.finetune_lr_scale, start)
         return self.phase
 
     def remaining_epochs(self, epoch: int) -> int:
@@ -67,10 +104,11 @@ class Schedule:
         return max(0, self.total_epochs - epoch - 1)
 
     def state_dict(self) -> dict:
-        return {"phase": None if self.phase is None else asdict(self.phase)}
+        return {"phase": None if self.phase is None else asdict(self.phase), "cycle_epochs_used": self.cycle_epochs_used}
 
     def load_state_dict(self, state: dict) -> None:
         self.phase = None if state["phase"] is None else Phase(**state["phase"])
+        self.cycle_epochs_used = state["cycle_epochs_used"]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ Listener = Callable[[str, float, float], None]  # (label, perf_counter at the en
 
 # the labels the library emits, by what they are for
 PROBE_AND_UPDATE = ("probe", "measure", "fold", "learn", "propose", "update", "sample", "build")
+DISTILLATION = ("distill",)  # the teacher's forward pass and the distillation gradient
 BOOKKEEPING = ("record", "save")
 
 _listeners: list[Listener] = []

@@ -13,8 +13,9 @@ NETWORK_KEYS = ("params", "macs", "metric", "netscore", "information_density", "
 
 class WandbSynthesisTracker(Callback):
     """Mirrors the GenerativeSynthesis record into the trainer's WandbLogger run: per-cycle metrics on a
-    ``cycle`` axis, a table of architectures (channels per group), the Pareto plot, and the best
-    network and the generator as artifacts. Add it after the GenerativeSynthesis callback."""
+    ``cycle`` axis, a table of architectures (channels per group), the Pareto plot, the best network and the
+    generator as artifacts, and the test split's metrics of the prototype and the answer (``test/<network>/<metric>``
+    in the run summary). Add it after the GenerativeSynthesis callback."""
 
     def __init__(self, log_artifacts: bool = True) -> None:
         self.log_artifacts = log_artifacts
@@ -73,6 +74,15 @@ class WandbSynthesisTracker(Callback):
         ]
         return wandb.Table(columns=columns, data=rows)
 
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        network = self._synthesis(trainer).testing
+        if not trainer.is_global_zero or network is None:
+            return
+        run = self._run(trainer)
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith("test/"):
+                run.summary[f"test/{network}/{key.removeprefix('test/')}"] = float(value)
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         synthesis = self._synthesis(trainer)
         if not trainer.is_global_zero or synthesis.record.best is None:
@@ -84,6 +94,10 @@ class WandbSynthesisTracker(Callback):
         for key, value in best.items():
             run.summary[f"best/{key}"] = value
         run.summary["best/cycle"] = synthesis.record.best_cycle
+        polish = synthesis.record.polish
+        if polish is not None:
+            run.summary.update({"polish/cycle": polish.cycle, "polish/epochs": polish.epochs, "polish/accepted": polish.accepted,
+                                "polish/metric_before": polish.before.metric, "polish/metric_after": polish.after.metric})
         run_dir = synthesis.loop.run_dir
         if run_dir is None:
             return

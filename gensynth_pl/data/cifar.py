@@ -1,15 +1,17 @@
 """CIFAR-10 in its official python-pickle format, and any ImageFolder layout (e.g. CIFAR-10 as JPEGs).
 
-Both gate on a validation split carved out of the training images with a fixed seed; the official
-test split is never used for gating.
+Both gate on a validation split carved out of the training images with a fixed seed. The test split
+(CIFAR-10's official test batch; an ImageFolder ``test/`` folder beside ``train/``, or ``test_size`` images
+carved from training images nothing else uses) is evaluated after a synthesis and never used for gating.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from torch.utils.data import Subset
 from torchvision.datasets import CIFAR10, ImageFolder
 
-from gensynth_pl.data.common import ImageDataModule, cifar_transforms, open_image, require_dir
+from gensynth_pl.data.common import DecodedImages, ImageDataModule, cifar_transforms, open_image, require_dir
 
 
 class CIFAR10DataModule(ImageDataModule):
@@ -31,7 +33,7 @@ class CIFAR10DataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         if self.download:
-            CIFAR10(self.root, train=True, download=True)
+            CIFAR10(self.root, train=True, download=True)  # one archive holds the training and the test batches
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -43,6 +45,8 @@ class CIFAR10DataModule(ImageDataModule):
             )
         train_tf, eval_tf = cifar_transforms(self.augment)
         self._split(CIFAR10(self.root, True, train_tf), CIFAR10(self.root, True, eval_tf), self.val_size, self.seed, self.train_subset)
+        if (self.root / "cifar-10-batches-py" / "test_batch").is_file():
+            self.test_set = CIFAR10(self.root, False, eval_tf)
 
 
 class CheckedImageFolder(ImageFolder):
@@ -53,22 +57,27 @@ class CheckedImageFolder(ImageFolder):
 
 
 class ImageFolderDataModule(ImageDataModule):
-    """``root/<class>/<image>`` or ``root/train/<class>/<image>``; validation carved from it by ``seed``."""
+    """``root/<class>/<image>`` or ``root/train/<class>/<image>``; validation carved from it by ``seed``. Test split:
+    ``root/test/<class>/<image>`` when it exists, else ``test_size`` images carved from the training images.
+    ``in_memory``: decode the images used once, at setup, instead of every epoch (small images, e.g. CIFAR's)."""
 
     def __init__(
         self,
         root: str,
         val_size: int = 5000,
         train_subset: int | None = None,
+        test_size: int = 0,
         image_size: int = 32,
         num_classes: int = 10,
         augment: bool = True,
         seed: int = 0,
         batch_size: int = 128,
         num_workers: int = 2,
+        in_memory: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, num_classes)
         self.root, self.val_size, self.train_subset = Path(root).expanduser(), val_size, train_subset
+        self.test_size, self.in_memory = test_size, in_memory
         self.image_size, self.augment, self.seed = image_size, augment, seed
         self.input_shape = (3, image_size, image_size)
 
@@ -76,16 +85,38 @@ class ImageFolderDataModule(ImageDataModule):
         if self.train_set is not None:
             return
         root = require_dir(self.root, "image folder", "set data.root to a folder of <class>/<image> sub-folders (e.g. ../shared/datasets/cifar10)")
+        test_dir = root / "test" if (root / "train").is_dir() and (root / "test").is_dir() else None
         if (root / "train").is_dir():
             root = root / "train"
         train_tf, eval_tf = cifar_transforms(self.augment, self.image_size)
+        train_view = self._folder(root, train_tf)
+        carved = 0 if test_dir else self.test_size
+        self._split(train_view, CheckedImageFolder(str(root), eval_tf), self.val_size, self.seed, self.train_subset, carved)
+        if test_dir:
+            self.test_set = self._folder(test_dir, eval_tf)
+            if self.test_set.classes != train_view.classes:
+                raise ValueError(f"'{test_dir}' has classes {self.test_set.classes}, the training folder {train_view.classes}")
+        if self.in_memory:
+            self._decode()
+
+    def _decode(self) -> None:
+        """Every split as DecodedImages, with the same transforms working on tensors."""
+        train_tf, eval_tf = cifar_transforms(self.augment, self.image_size, decoded=True)
+        splits = {"train_set": train_tf, "val_set": eval_tf, "test_set": eval_tf}
+        for name, transform in splits.items():
+            split = getattr(self, name)
+            if split is not None:
+                folder, indices = (split.dataset, split.indices) if isinstance(split, Subset) else (split, range(len(split)))
+                setattr(self, name, DecodedImages(folder, list(indices), transform))
+
+    def _folder(self, root: Path, transform) -> CheckedImageFolder:
         try:
-            train_view = CheckedImageFolder(str(root), train_tf)
+            folder = CheckedImageFolder(str(root), transform)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"data.root: '{root}' holds no class folders with images ({error})") from error
-        if len(train_view.classes) != self.num_classes:
+        if len(folder.classes) != self.num_classes:
             raise ValueError(
-                f"data.num_classes={self.num_classes} but '{root}' has {len(train_view.classes)} class folders; "
-                f"set data.num_classes={len(train_view.classes)}"
+                f"data.num_classes={self.num_classes} but '{root}' has {len(folder.classes)} class folders; "
+                f"set data.num_classes={len(folder.classes)}"
             )
-        self._split(train_view, CheckedImageFolder(str(root), eval_tf), self.val_size, self.seed, self.train_subset)
+        return folder

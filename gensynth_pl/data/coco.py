@@ -134,7 +134,8 @@ class CocoDetection(Dataset):
 
 class CocoDetectionDataModule(DetectionDataModule):
     """COCO-format data under ``root``. Validation is ``val_annotations`` if given, else ``val_size`` images
-    carved from the training file with ``seed`` (the same split on every machine)."""
+    carved from the training file with ``seed`` (the same split on every machine). A test split, evaluated
+    after a synthesis and never used for a decision, is ``test_annotations`` (+ ``test_images``) if given."""
 
     def __init__(
         self,
@@ -144,6 +145,8 @@ class CocoDetectionDataModule(DetectionDataModule):
         images: str = "images",
         val_annotations: str | None = None,
         val_images: str | None = None,
+        test_annotations: str | None = None,
+        test_images: str | None = None,
         val_size: int = 34,
         train_subset: int | None = None,
         image_size: int = 256,
@@ -155,6 +158,7 @@ class CocoDetectionDataModule(DetectionDataModule):
         super().__init__(image_size, batch_size, num_workers, num_classes)
         self.root, self.annotations, self.images = Path(root).expanduser(), annotations, images
         self.val_annotations, self.val_images = val_annotations, val_images or images
+        self.test_annotations, self.test_images = test_annotations, test_images or images
         self.val_size, self.train_subset, self.augment, self.seed = val_size, train_subset, augment, seed
         self.category_names: list[str] = []
 
@@ -170,18 +174,25 @@ class CocoDetectionDataModule(DetectionDataModule):
             )
         self.category_names = train.category_names
         train_tf, eval_tf = detection_transforms(self.image_size, self.augment), detection_transforms(self.image_size, False)
+        if self.test_annotations is not None:
+            self.test_set = CocoDetection(self._matching(train, self.test_annotations, self.test_images), eval_tf)
         if self.val_annotations is None:
             self._split(CocoDetection(train, train_tf), CocoDetection(train, eval_tf), self.val_size, self.seed, self.train_subset)
             return
-        val = load_coco(root / self.val_annotations, root / self.val_images)
-        if val.category_ids != train.category_ids:
-            raise ValueError(
-                f"'{root / self.val_annotations}' has category ids {val.category_ids} but the training file has "
-                f"{train.category_ids}; both files must share one category list"
-            )
+        val = self._matching(train, self.val_annotations, self.val_images)
         train_set = CocoDetection(train, train_tf)
         if self.train_subset is not None:
             if not 0 < self.train_subset <= len(train_set):
                 raise ValueError(f"data.train_subset={self.train_subset} must be between 1 and {len(train_set)}")
             train_set = Subset(train_set, range(self.train_subset))
         self.train_set, self.val_set = train_set, CocoDetection(val, eval_tf)
+
+    def _matching(self, train: CocoAnnotations, annotations: str, images: str) -> CocoAnnotations:
+        """Another annotations file (validation, test), checked to share the training file's categories."""
+        other = load_coco(self.root / annotations, self.root / images)
+        if other.category_ids != train.category_ids:
+            raise ValueError(
+                f"'{self.root / annotations}' has category ids {other.category_ids} but the training file has "
+                f"{train.category_ids}; both files must share one category list"
+            )
+        return other

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
@@ -102,7 +102,6 @@ class CamVidDataModule(ImageDataModule):
         self.hflip = hflip
         self.transforms = segmentation_transforms(self.image_size, self.crop_size, hflip)
         self.input_shape = (3, *self.image_size)  # what the networks are measured (MACs) and deployed at
-        self.test_set: Dataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -113,13 +112,11 @@ class CamVidDataModule(ImageDataModule):
         if (self.root / "test").is_dir():
             self.test_set = self._files("test", eval_tf)
 
+    def missing_test_split(self) -> Exception:
+        return FileNotFoundError(f"data.root: '{self.root}' has no test/ and testannot/ folders")
+
     def _files(self, split: str, transform: T.Compose) -> SegmentationFiles:
         hint = f"the SegNet layout has {split}/ (images) and {split}annot/ (label PNGs) under data.root"
         images = require_dir(self.root / split, f"CamVid {split} folder", hint)
         annotations = require_dir(self.root / f"{split}annot", f"CamVid {split}annot folder", hint)
         return SegmentationFiles(paired_files(images, annotations), transform, self.num_classes, self.ignore_index)
-
-    def test_dataloader(self) -> DataLoader:
-        if self.test_set is None:
-            raise FileNotFoundError(f"data.root: '{self.root}' has no test/ and testannot/ folders")
-        return self._loader(self.test_set, shuffle=False)

@@ -53,14 +53,15 @@ class SyntheticDataModule(ImageDataModule):
         seed: int = 0,
         batch_size: int = 64,
         num_workers: int = 0,
+        test_size: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers, num_classes)
-        if num_classes < 2 or image_size < 8 or train_size < 1 or val_size < 1 or noise < 0:
+        if num_classes < 2 or image_size < 8 or train_size < 1 or val_size < 1 or test_size < 0 or noise < 0:
             raise ValueError(
-                f"synthetic data needs num_classes >= 2, image_size >= 8, train_size/val_size >= 1, noise >= 0; "
-                f"got {num_classes}, {image_size}, {train_size}/{val_size}, {noise}"
+                f"synthetic data needs num_classes >= 2, image_size >= 8, train_size/val_size >= 1, test_size >= 0, "
+                f"noise >= 0; got {num_classes}, {image_size}, {train_size}/{val_size}/{test_size}, {noise}"
             )
-        self.image_size, self.train_size, self.val_size = image_size, train_size, val_size
+        self.image_size, self.train_size, self.val_size, self.test_size = image_size, train_size, val_size, test_size
         self.noise, self.seed = noise, seed
 
     @property
@@ -69,6 +70,9 @@ class SyntheticDataModule(ImageDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            args = (self.num_classes, self.image_size, self.seed)
-            self.train_set = make_synthetic_images(self.train_size, *args, split=0, noise=self.noise)
-            self.val_set = make_synthetic_images(self.val_size, *args, split=1, noise=self.noise)
+            self.train_set, self.val_set = self._make(self.train_size, split=0), self._make(self.val_size, split=1)
+            self.test_set = self._make(self.test_size, split=2) if self.test_size else None
+
+    def _make(self, size: int, split: int) -> TensorDataset:
+        """Split 0 trains, 1 validates, 2 tests: each its own images."""
+        return make_synthetic_images(size, self.num_classes, self.image_size, self.seed, split=split, noise=self.noise)

@@ -109,16 +109,18 @@ class SyntheticDetectionDataModule(DetectionDataModule):
         seed: int = 0,
         batch_size: int = 32,
         num_workers: int = 0,
+        test_size: int = 0,
     ) -> None:
         super().__init__(image_size, batch_size, num_workers, num_classes)
-        if not 1 <= num_classes <= len(SHAPES) or image_size < 16 or train_size < 1 or val_size < 1 or max_objects < 1:
+        if not 1 <= num_classes <= len(SHAPES) or image_size < 16 or train_size < 1 or val_size < 1 or max_objects < 1 or test_size < 0:
             raise ValueError(
-                f"synthetic detection needs 1 <= num_classes <= {len(SHAPES)}, image_size >= 16, train_size/val_size >= 1 "
-                f"and max_objects >= 1; got {num_classes}, {image_size}, {train_size}/{val_size}, {max_objects}"
+                f"synthetic detection needs 1 <= num_classes <= {len(SHAPES)}, image_size >= 16, train_size/val_size >= 1, "
+                f"test_size >= 0 and max_objects >= 1; got {num_classes}, {image_size}, {train_size}/{val_size}/{test_size}, "
+                f"{max_objects}"
             )
         if not 0 <= empty_fraction < 1 or noise < 0:
             raise ValueError(f"data.empty_fraction={empty_fraction} must be in [0, 1) and data.noise={noise} >= 0")
-        self.train_size, self.val_size, self.max_objects = train_size, val_size, max_objects
+        self.train_size, self.val_size, self.test_size, self.max_objects = train_size, val_size, test_size, max_objects
         self.empty_fraction, self.noise, self.seed = empty_fraction, noise, seed
 
     def setup(self, stage: str | None = None) -> None:
@@ -127,3 +129,5 @@ class SyntheticDetectionDataModule(DetectionDataModule):
             extra = dict(max_objects=self.max_objects, empty_fraction=self.empty_fraction, noise=self.noise)
             self.train_set = DetectionTensorDataset(*make_synthetic_detection(self.train_size, *args, split=0, **extra))
             self.val_set = DetectionTensorDataset(*make_synthetic_detection(self.val_size, *args, split=1, **extra))
+            if self.test_size:
+                self.test_set = DetectionTensorDataset(*make_synthetic_detection(self.test_size, *args, split=2, **extra))

@@ -77,17 +77,15 @@ class SyntheticSegmentationDataModule(SyntheticDataModule):
         seed: int = 0,
         batch_size: int = 16,
         num_workers: int = 0,
+        test_size: int = 0,
     ) -> None:
-        super().__init__(num_classes, image_size, train_size, val_size, noise, seed, batch_size, num_workers)
+        super().__init__(num_classes, image_size, train_size, val_size, noise, seed, batch_size, num_workers, test_size)
         if objects < 1 or 0 <= ignore_index < num_classes:
             raise ValueError(
                 f"data.objects={objects} must be >= 1 and data.ignore_index={ignore_index} outside 0..{num_classes - 1}"
             )
         self.objects, self.ignore_index = objects, ignore_index
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is None:
-            args = (self.num_classes, self.image_size, self.seed)
-            extra = dict(noise=self.noise, objects=self.objects, ignore_index=self.ignore_index)
-            self.train_set = make_synthetic_segmentation(self.train_size, *args, split=0, **extra)
-            self.val_set = make_synthetic_segmentation(self.val_size, *args, split=1, **extra)
+    def _make(self, size: int, split: int) -> TensorDataset:
+        return make_synthetic_segmentation(size, self.num_classes, self.image_size, self.seed, split, self.noise,
+                                           self.objects, self.ignore_index)

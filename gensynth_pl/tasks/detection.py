@@ -140,6 +140,17 @@ class DetectionTask:
         box_loss = F.l1_loss(distances[mask], target_distances[mask], reduction="sum") / normaliser
         return coverage_loss + self.box_weight * box_loss
 
+    def distillation_loss(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """Learning from the prototype's maps: the student's coverage probabilities (at temperature T) matched to
+        the teacher's (binary cross-entropy, times T², averaged over cells), and its box distances to the
+        teacher's (L1) on the cells the teacher covers."""
+        student_coverage, student_boxes = self.split(student)
+        teacher_coverage, teacher_boxes = self.split(teacher)
+        coverage = F.binary_cross_entropy_with_logits(student_coverage / temperature, torch.sigmoid(teacher_coverage / temperature))
+        covered = (teacher_coverage.amax(1, keepdim=True) > 0).expand_as(student_boxes)  # teacher probability > 0.5
+        boxes = F.l1_loss(student_boxes[covered], teacher_boxes[covered], reduction="sum") / covered[:, 0].sum().clamp_min(1)
+        return coverage * temperature**2 + self.box_weight * boxes
+
     def metric_inputs(self, outputs: Tensor, targets: list[Target]) -> tuple[list[dict[str, Tensor]], list[Target]]:
         return self.decode(outputs), [{"boxes": t["boxes"].float(), "labels": t["labels"].long()} for t in targets]
 

@@ -1,0 +1,82 @@
+"""Knowledge distillation from the prototype φ into the networks a synthesis fine-tunes, for any LightningModule.
+
+A forward hook on the network runs the teacher (a frozen copy of the trained φ, in eval mode) on the same
+input and attaches the distillation loss's gradient to the network's output: the module's own loss is
+untouched (its value, what it logs), and backpropagation adds ``weight · ∇KD``, exactly as if the module had
+added ``weight · KD`` to its loss. One backward pass, so DDP and gradient accumulation work as usual.
+
+Which loss: a module's ``distillation_loss(student, teacher, temperature)`` if it defines one (our
+``SynthesisModule`` asks its task: logits for classification, per-pixel logits for segmentation, the
+coverage and box maps for detection), else the soft-target loss on dim 1. A module that sets
+``distillation_loss = None`` opts out.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from gensynth_pl.timing import timed
+
+DistillationLoss = Callable[[Tensor, Tensor, float], Tensor]
+
+
+def soft_target_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """Hinton et al. (2015): T² · KL(softmax(teacher / T) ‖ softmax(student / T)) over dim 1, averaged over every
+    other position (images; pixels too for dense outputs)."""
+    log_student = F.log_softmax(student / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher / temperature, dim=1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(1)
+    return kl.mean() * temperature**2
+
+
+class _AddDistillationGradient(torch.autograd.Function):
+    """Identity in the forward pass; the backward pass adds the gradient of ``loss(output, teacher)``."""
+
+    @staticmethod
+    def forward(ctx, output: Tensor, teacher: Tensor, loss: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        ctx.save_for_backward(output, teacher)
+        ctx.loss = loss
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        output, teacher = ctx.saved_tensors
+        with timed("distill"), torch.enable_grad():
+            student = output.detach().requires_grad_(True)
+            (extra,) = torch.autograd.grad(ctx.loss(student, teacher), student)
+        return grad + extra, None, None
+
+
+class Distiller:
+    """The teacher and the loss; ``attach`` distils into one network until the returned handle is removed."""
+
+    def __init__(self, teacher: nn.Module, loss: DistillationLoss, weight: float = 1.0, temperature: float = 4.0) -> None:
+        if weight < 0 or temperature <= 0:
+            raise ValueError(f"synthesis.distill_weight={weight} must be >= 0 and distill_temperature={temperature} > 0")
+        self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+        self.loss, self.weight, self.temperature = loss, weight, temperature
+
+    def _weighted_loss(self, student: Tensor, teacher: Tensor) -> Tensor:
+        return self.weight * self.loss(student, teacher, self.temperature)
+
+    def attach(self, network: nn.Module) -> RemovableHandle:
+        def hook(module: nn.Module, inputs: tuple, output) -> Tensor | None:
+            if not (module.training and torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad):
+                return None
+            with timed("distill"), torch.no_grad():
+                target = self.teacher.to(output.device)(*inputs)
+            return _AddDistillationGradient.apply(output, target, self._weighted_loss)
+
+        return network.register_forward_hook(hook)
+
+
+def module_distillation_loss(module: nn.Module) -> DistillationLoss | None:
+    """The loss a module distils with: its own ``distillation_loss``, None if it opts out, else the soft-target loss."""
+    if not hasattr(module, "distillation_loss"):
+        return soft_target_loss
+    return module.distillation_loss
