@@ -20,9 +20,10 @@ from torch import nn
 
 from benchmarks.baselines import CHANNEL_PRUNING, Contender, channel_pruner, count_nonzero, match_macs, unstructured_pruning
 from benchmarks.tables import format_table, network_row, publish, write_json
-from benchmarks.timing import OverheadTimer, Stopwatch, machine
+from benchmarks.timing import EpochPrinter, OverheadTimer, Stopwatch, machine
 from gensynth_pl import count_params
-from gensynth_pl.callbacks import GenerativeSynthesis
+from gensynth_pl.callbacks import GenerativeSynthesis, has_test_split
+from gensynth_pl.distillation import Distiller
 from gensynth_pl.cli import CONF_DIR
 from gensynth_pl.module import SynthesisModule, scale_learning_rate
 from gensynth_pl.pipeline import optimization, synthesize
@@ -51,10 +52,13 @@ def settings(experiment: str | None, overrides: list[str], run_dir: Path) -> Dic
         return compose("train", overrides=chosen)
 
 
-def finetune_epochs(cfg: DictConfig) -> int:
-    """The epochs a run trains after φ: what every fine-tuning method gets too."""
-    synthesis = cfg.synthesis
-    return synthesis.cycles * synthesis.epochs_per_cycle
+@dataclass
+class Trained:
+    """A network after a benchmark's training: its module, validation metric and test-split metric."""
+
+    module: SynthesisModule
+    val: float
+    test: float | None
 
 
 def train(
@@ -63,18 +67,37 @@ def train(
     epochs: int,
     callbacks: list[Callback] | None = None,
     fine_tuning: bool = False,
-) -> tuple[SynthesisModule, float]:
+    teacher: nn.Module | None = None,
+    label: str = "training",
+) -> Trained:
     """Fit ``network`` with the run's datamodule, task, optimizer and per-phase schedule (at the synthesis's
-    fine-tuning rate when ``fine_tuning`` a pruned φ); returns it and its last validation metric."""
+    fine-tuning rate when ``fine_tuning`` a pruned φ), learning from ``teacher`` with the synthesis's distillation
+    settings when given; validate it after its last epoch and evaluate it on the data's test split (if any)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     factories = optimization(cfg)
     scale = cfg.synthesis.finetune_lr_scale if fine_tuning else 1.0
     optimizer = factories["optimizer"]
     module = SynthesisModule(network, instantiate(cfg.task), lambda p: scale_learning_rate(optimizer(p), scale),
                              factories["scheduler"])
-    trainer = instantiate(cfg.trainer, max_epochs=epochs, callbacks=callbacks or [], logger=False)
-    trainer.fit(module, datamodule=instantiate(cfg.data))
-    return module, float(trainer.callback_metrics[cfg.gate.monitor])
+    distilling = None
+    if teacher is not None:
+        s = cfg.synthesis
+        distilling = Distiller(teacher, module.distillation_loss, s.distill_weight, s.distill_temperature).attach(network)
+    datamodule = instantiate(cfg.data)
+    trainer = instantiate(cfg.trainer, max_epochs=epochs, callbacks=[*(callbacks or []), EpochPrinter(label)], logger=False,
+                          check_val_every_n_epoch=epochs)  # nothing here is decided per epoch: validate once, at the end
+    trainer.fit(module, datamodule=datamodule)
+    if distilling is not None:
+        distilling.remove()
+    return Trained(module, float(trainer.callback_metrics[cfg.gate.monitor]), test_metric(trainer, module, datamodule, cfg))
+
+
+def test_metric(trainer: L.Trainer, module: SynthesisModule, datamodule: L.LightningDataModule, cfg: DictConfig) -> float | None:
+    """The gate's metric on the test split (``val/acc`` -> ``test/acc``), or None without a test split."""
+    if not has_test_split(datamodule):
+        return None
+    (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    return float(metrics["test/" + cfg.gate.monitor.split("/", 1)[-1]])
 
 
 @dataclass
@@ -101,60 +124,66 @@ def run_synthesis(cfg: DictConfig) -> SynthesisRun:
         prototype_seconds=timer.boundaries[0] - timer.started,
         synthesis_seconds=timer.boundaries[-1] - timer.boundaries[0],
         cpu_seconds=watch.cpu,
-        overhead=timer.per_cycle(),
+        overhead=timer.per_phase(),
     )
 
 
 def compare(cfg: DictConfig, output_json: Path, from_scratch: list[Contender], latency_repeats: int) -> dict:
-    """Our best generated network against structured, random and unstructured pruning of the same trained
-    prototype and against networks trained from scratch, all at the generated network's MACs.
+    """Our best generated network against channel pruning (L1 as Torch-Pruning users run it, and random), networks
+    trained from scratch at a matched width, and unstructured pruning, all at the generated network's MACs, from
+    the same trained φ and with the same epochs after φ (from-scratch networks: φ's epochs too); L1 pruning and the
+    from-scratch networks also with the same distillation from φ, so the table shows what the search adds.
 
     The JSON is rewritten after every row, so a long run that is interrupted keeps what it measured.
     """
     work_dir = Path(cfg.output_dir).parent
     result = {"config": OmegaConf.to_container(cfg, resolve=True), "machine_start": machine(), "rows": []}
-    epochs = finetune_epochs(cfg)
-
-    def add(row: dict) -> None:
-        result["rows"].append(row)
-        write_json(output_json, result)
-        print(f"[benchmark] {row['method']}: {row['macs']:,} MACs, val acc {row['val_acc']:.4f}, {row['wall_s']} s", flush=True)
 
     run = run_synthesis(cfg)
     record, input_shape = run.synthesis.record, run.synthesis.loop.input_shape
-    target = record.best.macs
+    epochs = run.synthesis.schedule.epochs_after_prototype  # what every fine-tuning method gets too
+    target, teacher = record.best.macs, run.prototype
     result.update(synthesis=record.to_dict(), overhead=run.overhead, target_macs=target, synthesis_cpu_s=run.cpu_seconds)
-    add(network_row("prototype", run.prototype, record.prototype.metric, input_shape, run.prototype_seconds, work_dir,
-                    latency_repeats, epochs=cfg.synthesis.prototype_epochs))
-    add(network_row("gensynth", run.synthesis.loop.best_network, record.best.metric, input_shape, run.synthesis_seconds,
-                    work_dir, latency_repeats, epochs=epochs, best_cycle=record.best_cycle,
-                    gate_passed=record.best.gate_passed, gate_bound=record.gate["threshold"]))
+
+    def add(method: str, network: nn.Module, val: float, test: float | None, seconds: float, **extra) -> None:
+        row = network_row(method, network, val, input_shape, seconds, work_dir, latency_repeats, test_acc=test, **extra)
+        result["rows"].append(row)
+        write_json(output_json, result)
+        print(f"[benchmark] {method}: {row['macs']:,} MACs, val acc {val:.4f}, test acc {test}, {row['wall_s']} s", flush=True)
+
+    def test_of(report) -> float | None:
+        return (report.test or {}).get(cfg.gate.monitor.split("/", 1)[-1])
+
+    add("prototype", teacher, record.prototype.metric, test_of(record.prototype), run.prototype_seconds,
+        epochs=cfg.synthesis.prototype_epochs)
+    add("gensynth", run.synthesis.loop.best_network, record.best.metric, test_of(record.best), run.synthesis_seconds,
+        epochs=epochs, best_cycle=record.best_cycle, gate_passed=record.best.gate_passed, gate_bound=record.gate["threshold"])
 
     for name, importance in CHANNEL_PRUNING.items():
-        with Stopwatch() as watch:
-            prune = channel_pruner(run.prototype, input_shape, importance, cfg.seed)
-            network, ratio, _ = match_macs(prune, input_shape, target, 0.0, 0.95, increasing=False)
-            module, metric = train(network, cfg, epochs, fine_tuning=True)
-        add(network_row(name, module.net, metric, input_shape, watch.wall, work_dir, latency_repeats, pruning_ratio=ratio,
-                        epochs=epochs))
+        for distilled in (False, True) if name == "l1_pruning" else (False,):
+            method = f"{name}_kd" if distilled else name
+            with Stopwatch() as watch:
+                prune = channel_pruner(teacher, input_shape, importance, cfg.seed)
+                network, ratio, _ = match_macs(prune, input_shape, target, 0.0, 0.95, increasing=False)
+                trained = train(network, cfg, epochs, fine_tuning=True, teacher=teacher if distilled else None, label=method)
+            add(method, trained.module.net, trained.val, trained.test, watch.wall, pruning_ratio=ratio, epochs=epochs)
 
+    scratch_epochs = cfg.synthesis.prototype_epochs + epochs
     for contender in from_scratch:
-        with Stopwatch() as watch:
-            network, knob, _ = match_macs(contender.build, input_shape, target, contender.low, contender.high, increasing=True)
-            scratch_epochs = cfg.synthesis.prototype_epochs + epochs
-            module, metric = train(network, cfg, scratch_epochs)
-        add(network_row(contender.name, module.net, metric, input_shape, watch.wall, work_dir, latency_repeats, width=knob,
-                        epochs=scratch_epochs))
+        for distilled in (False, True):
+            method = f"{contender.name}_kd" if distilled else contender.name
+            with Stopwatch() as watch:
+                network, knob, _ = match_macs(contender.build, input_shape, target, contender.low, contender.high, increasing=True)
+                trained = train(network, cfg, scratch_epochs, teacher=teacher if distilled else None, label=method)
+            add(method, trained.module.net, trained.val, trained.test, watch.wall, width=knob, epochs=scratch_epochs)
 
     with Stopwatch() as watch:
-        network = copy.deepcopy(run.prototype)
+        network = copy.deepcopy(teacher)
         pruning, sparsity = unstructured_pruning(network, record.best.params)
-        module, metric = train(network, cfg, epochs, [pruning], fine_tuning=True)
-    add(network_row("modelpruning_l1", module.net, metric, input_shape, watch.wall, work_dir, latency_repeats,
-                    params=count_nonzero(module.net), dense_params=count_params(module.net), weight_sparsity=sparsity,
-                    epochs=epochs))
+        trained = train(network, cfg, epochs, [pruning], fine_tuning=True, label="modelpruning_l1")
+    add("modelpruning_l1", trained.module.net, trained.val, trained.test, watch.wall, params=count_nonzero(trained.module.net),
+        dense_params=count_params(trained.module.net), weight_sparsity=sparsity, epochs=epochs)
 
     result["machine_end"] = machine()
     result["table"] = format_table(result["rows"], target)
     return publish(output_json, result)
-

@@ -20,7 +20,7 @@ OUTPUT = Path("outputs/benchmarks/gpu_scale.json")
 # MobileNetV2's stages for 32x32 inputs: stem and first downsampling stage at stride 1 (8x overall, not 32x)
 CIFAR_SETTING = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
 TINY = ["data.train_size=64", "data.val_size=64", "data.image_size=16", "data.batch_size=32", "data.noise=0.5",
-        "model.depth=8", "model.width=8", "synthesis.prototype_epochs=1", "synthesis.cycles=2", "synthesis.epochs_per_cycle=1",
+        "model.depth=8", "model.width=16", "synthesis.prototype_epochs=1", "synthesis.cycles=2", "synthesis.epochs_per_cycle=1",
         "synthesis.probe_batches=3", "synthesis.inquisitor.step=0.4", "gate.threshold=1.0", "synthesis.channel_multiple=1"]
 
 

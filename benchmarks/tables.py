@@ -50,6 +50,8 @@ TABLE_COLUMNS = (
     ("macs", "{:>12,}"),
     ("mac_ratio", "{:>9}"),
     ("val_acc", "{:>7.4f}"),
+    ("test_acc", "{:>8.4f}"),
+    ("epochs", "{:>6}"),
     ("netscore", "{:>8.2f}"),
     ("information_density", "{:>8.2f}"),
     ("pytorch_b1", "{:>10.2f}"),
@@ -58,7 +60,7 @@ TABLE_COLUMNS = (
     ("onnxruntime_b64", "{:>10.2f}"),
     ("wall_s", "{:>8.1f}"),
 )
-HEADERS = ("method", "params", "MACs", "MACs/ours", "val acc", "NetScore", "acc%/Mp", "eager b1 ms", "eager b64 ms",
+HEADERS = ("method", "params", "MACs", "MACs/ours", "val acc", "test acc", "epochs", "NetScore", "acc%/Mp", "eager b1 ms", "eager b64 ms",
            "ORT b1 ms", "ORT b64 ms", "wall s")
 
 
@@ -77,6 +79,8 @@ def format_table(rows: list[dict], target_macs: int) -> str:
 def _cell(row: dict, key: str, target_macs: int):
     if key == "mac_ratio":
         return f"{row['macs'] / target_macs:.3f}"
+    if key == "test_acc" and row.get(key) is None:
+        return float("nan")
     if key in row:
         return row[key]
     return row["latency_ms"][key]
