@@ -9,12 +9,12 @@ from benchmarks import gpu_scale, inference_speed, synthesis_overhead, synthesis
 from benchmarks.baselines import MAC_TOLERANCE
 from gensynth_pl import count_macs, netscore
 from gensynth_pl.models import cifar_resnet
-from gensynth_pl.timing import BOOKKEEPING, PROBE_AND_UPDATE
+from gensynth_pl.timing import BOOKKEEPING, DISTILLATION, PROBE_AND_UPDATE
 
-TINY = ["--experiment", "null", "--latency-repeats", "2", "data.train_size=64", "data.val_size=64", "data.image_size=16",
-        "data.batch_size=32", "data.noise=0.5", "model.depth=8", "model.width=8", "synthesis.prototype_epochs=1",
+TINY = ["--experiment", "null", "--latency-repeats", "2", "data.train_size=64", "data.val_size=64", "data.test_size=64", "data.image_size=16",
+        "data.batch_size=32", "data.noise=0.5", "model.depth=8", "model.width=16", "synthesis.prototype_epochs=1",
         "synthesis.cycles=2", "synthesis.epochs_per_cycle=1", "synthesis.probe_batches=2", "synthesis.inquisitor.step=0.4",
-        "gate.threshold=1.0", "synthesis.channel_multiple=1"]
+        "gate.threshold=1.0", "synthesis.channel_multiple=1", "synthesis.polish_epochs=1"]
 LATENCY_KEYS = {"pytorch_b1", "pytorch_b64", "onnxruntime_b1", "onnxruntime_b64"}
 
 
@@ -33,7 +33,8 @@ def test_quality_compares_every_method_at_the_generated_networks_macs(quality):
     output, result = quality
     written = json.loads(output.read_text())
     rows = rows_by_method(written)
-    assert list(rows) == ["prototype", "gensynth", "l1_pruning", "random_pruning", "width_scaled", "modelpruning_l1"]
+    assert list(rows) == ["prototype", "gensynth", "l1_pruning", "l1_pruning_kd", "random_pruning", "width_scaled",
+                          "width_scaled_kd", "modelpruning_l1"]
     ours = rows["gensynth"]
     assert ours["macs"] == written["target_macs"] == written["synthesis"]["best"]["macs"]
     assert ours["macs"] < rows["prototype"]["macs"]  # the gate accepts everything, so the synthesis compressed
@@ -41,10 +42,15 @@ def test_quality_compares_every_method_at_the_generated_networks_macs(quality):
         assert abs(rows[method]["macs"] - ours["macs"]) <= MAC_TOLERANCE * ours["macs"], method
     assert 0 < rows["l1_pruning"]["pruning_ratio"] < 0.95 and 0 < rows["width_scaled"]["width"] < 1
     for row in rows.values():
-        assert {"params", "macs", "val_acc", "netscore", "information_density", "latency_ms", "wall_s"} <= set(row)
+        assert {"params", "macs", "val_acc", "test_acc", "epochs", "netscore", "information_density", "latency_ms",
+                "wall_s"} <= set(row)
+        assert 0 <= row["test_acc"] <= 1  # on the data's test split, for every method
         assert set(row["latency_ms"]) == LATENCY_KEYS and all(v > 0 for v in row["latency_ms"].values())
         assert 0 <= row["val_acc"] <= 1 and row["netscore"] == pytest.approx(netscore(row["val_acc"], row["params"], row["macs"]))
         assert row["method"] in written["table"]
+    assert ours["test_acc"] == written["synthesis"]["best"]["test"]["acc"]
+    assert rows["l1_pruning"]["epochs"] == ours["epochs"] == 3  # 2 cycles of 1 epoch + a 1-epoch polish
+    assert rows["width_scaled"]["epochs"] == rows["prototype"]["epochs"] + ours["epochs"]
 
 
 def test_unstructured_pruning_keeps_the_dense_macs_at_the_generated_parameter_count(quality):
@@ -55,21 +61,24 @@ def test_unstructured_pruning_keeps_the_dense_macs_at_the_generated_parameter_co
     assert abs(pruned["params"] - ours["params"]) <= 0.02 * prototype["params"]  # non-zero weights match ours
 
 
-def test_quality_run_records_the_overhead_of_each_cycle(quality):
+def test_quality_run_records_the_overhead_of_each_phase(quality):
     overhead = quality[1]["overhead"]
-    assert [row["cycle"] for row in overhead] == [1, 2]
+    assert [row["phase"] for row in overhead] == ["cycle 1", "cycle 2", "polish"]
     for row in overhead:
-        parts = sum(row[c] for c in (*PROBE_AND_UPDATE, *BOOKKEEPING))
-        assert 0 < row["probe"] and 0 < row["probe_and_update_s"] <= parts < row["wall_s"]
+        parts = sum(row[c] for c in (*PROBE_AND_UPDATE, *DISTILLATION, *BOOKKEEPING))
+        assert 0 < row["distill"] and row["probe_and_update_s"] <= parts < row["wall_s"]
         assert row["share"] == pytest.approx(row["probe_and_update_s"] / row["wall_s"])
+        assert row["share_with_distillation"] == pytest.approx((row["probe_and_update_s"] + row["distill"]) / row["wall_s"])
+    assert all(row["probe"] > 0 for row in overhead[:2]) and overhead[2]["probe"] == 0  # the polish is not probed
     assert overhead[0]["propose"] > 0 and overhead[0]["build"] > 0  # cycle 1 generates cycle 2's candidate
-    assert overhead[1]["propose"] == overhead[1]["build"] == 0  # the last cycle generates nothing
+    assert overhead[1]["propose"] == overhead[1]["build"] == 0  # the last cycle generates nothing: the polish follows
 
 
 def test_overhead_report_runs_its_own_synthesis_and_reads_a_quality_run(quality, tmp_path):
     own = synthesis_overhead.main([*TINY, "--output", str(tmp_path / "overhead.json")])
-    assert len(own["overhead"]) == 2 and all(row["probe"] > 0 for row in own["overhead"])
-    total = sum(r["probe_and_update_s"] for r in own["overhead"]) / sum(r["wall_s"] for r in own["overhead"])
+    cycles = [row for row in own["overhead"] if row["phase"] != "polish"]
+    assert len(cycles) == 2 and all(row["probe"] > 0 for row in cycles)
+    total = sum(r["probe_and_update_s"] for r in cycles) / sum(r["wall_s"] for r in cycles)
     assert f"{100 * total:.2f}%" in own["table"].splitlines()[-1]
     read = synthesis_overhead.main(["--from-json", str(quality[0]), "--output", str(tmp_path / "read.json")])
     assert read["overhead"] == quality[1]["overhead"]

@@ -36,7 +36,8 @@ def test_composed_defaults_are_the_python_signatures_defaults():
     gate = {k: v for k, v in OmegaConf.to_container(cfg.gate).items() if k != "_target_"}
     assert gate == signature_defaults(Gate)
     callback = instantiate(cfg.synthesis, gate=instantiate(cfg.gate))
-    assert callback.schedule.total_epochs == expected["prototype_epochs"] + expected["cycles"] * expected["epochs_per_cycle"]
+    budget = expected["prototype_epochs"] + expected["cycles"] * expected["epochs_per_cycle"] + expected["polish_epochs"]
+    assert callback.schedule.total_epochs == budget
     assert callback.loop.inquisitor.step == signature_defaults(Inquisitor)["step"]
 
 

@@ -242,7 +242,7 @@ def test_tiny_synthesis_run_shrinks_the_detector_and_logs_map(tmp_path):
     module = SynthesisModule(DetectNet(num_classes=2, width=8, stride=8), task)
     callback = GenerativeSynthesis(
         Gate("val/map_50", 1.0, relative=True), cycles=2, epochs_per_cycle=1, prototype_epochs=1, probe_batches=2,
-        inquisitor=Inquisitor(step=0.4), output_dir=tmp_path, task_name=task.name, export_onnx=False, channel_multiple=1,
+        inquisitor=Inquisitor(step=0.4), output_dir=tmp_path, task_name=task.name, export_onnx=False, channel_multiple=1, polish_epochs=0,
     )
     trainer = quiet_trainer(callback.total_epochs, [callback], num_sanity_val_steps=0)
     trainer.fit(module, datamodule=data)

@@ -97,14 +97,18 @@ def test_generator_file_round_trip_and_wrong_prototype(tmp_path):
 
 
 def test_channel_multiple_rounds_every_sampled_width_and_keeps_the_most_likely_channels():
-    """Rounding to multiples of 8 keeps widths within one multiple of the draw, and is unbiased on average."""
+    """Rounding to multiples of 8 (at most a quarter of a group's width) keeps widths within one multiple of the
+    draw, and is unbiased on average."""
     exact = learned_generator(cifar_resnet(depth=14, width=16), step=0.5)
     rounded = learned_generator(cifar_resnet(depth=14, width=16), step=0.5, channel_multiple=8)
+    multiples = {rounded.graph.groups[g].size: rounded.multiple(g) for g in rounded.graph.groups}
+    assert multiples == {16: 4, 32: 8, 64: 8}  # a 16-channel group rounds to 4: it can be 4, 8, 12 or 16 wide
     for seed in range(4):
         free, arch = exact.sample(seed), rounded.sample(seed)
         assert any(len(kept) % 8 for kept in free.channels.values())  # without rounding widths fall anywhere
         for group_id, kept in arch.channels.items():
-            assert len(kept) % 8 == 0 and abs(len(kept) - len(free.channels[group_id])) < 8
+            multiple = rounded.multiple(group_id)
+            assert len(kept) % multiple == 0 and abs(len(kept) - len(free.channels[group_id])) < multiple
             drawn, logits = set(free.channels[group_id]), rounded.channel_logits[group_id]
             if len(kept) <= len(drawn):  # rounded down: a subset of the drawn channels, the most likely ones
                 assert set(kept) <= drawn and min(logits[kept]) >= max(logits[sorted(drawn - set(kept))], default=-1e9)
@@ -129,4 +133,4 @@ def test_rounding_up_never_revives_channels_the_parent_dropped():
     for seed in range(10):
         arch = generator.sample(seed)
         assert all(set(arch.channels[g]) <= set(parent.channels[g]) for g in arch.channels)
-        assert all(len(kept) % 8 == 0 or len(kept) == generator.graph.groups[g].size for g, kept in arch.channels.items())
+        assert all(len(kept) % generator.multiple(g) == 0 for g, kept in arch.channels.items())

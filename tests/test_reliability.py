@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -63,7 +64,7 @@ def test_ddp_with_two_cpu_processes_trains_one_architecture_per_cycle(tmp_path):
 
 def tiny_run(tmp_path: Path, module: SynthesisModule, data, gate: Gate, **kwargs) -> GenerativeSynthesis:
     settings = dict(cycles=2, epochs_per_cycle=1, prototype_epochs=1, probe_batches=3, inquisitor=Inquisitor(step=0.4),
-                    channel_multiple=1)
+                    channel_multiple=1, polish_epochs=0)
     callback = GenerativeSynthesis(gate, output_dir=tmp_path, **{**settings, **kwargs})
     quiet_trainer(callback.total_epochs, [callback], deterministic=True).fit(module, datamodule=data)
     return callback
@@ -107,11 +108,11 @@ def test_nan_loss_rejects_and_rolls_back_the_cycle_not_the_run(tmp_path, tiny_da
 def test_resuming_with_another_prototype_is_refused(tmp_path, tiny_data):
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=1)
     gate = Gate("val/acc", 1.0)
-    callback = GenerativeSynthesis(gate, cycles=1, epochs_per_cycle=1, prototype_epochs=1, probe_batches=2)
+    callback = GenerativeSynthesis(gate, cycles=1, epochs_per_cycle=1, prototype_epochs=1, probe_batches=2, polish_epochs=0)
     module = SynthesisModule(cifar_resnet(depth=8, width=8, num_classes=4), ClassificationTask(4))
     quiet_trainer(2, [callback, checkpoints], enable_checkpointing=True).fit(module, datamodule=tiny_data)
     other = SynthesisModule(cifar_resnet(depth=8, width=4, num_classes=4), ClassificationTask(4))
-    fresh = GenerativeSynthesis(gate, cycles=2, epochs_per_cycle=1, prototype_epochs=1, probe_batches=2)
+    fresh = GenerativeSynthesis(gate, cycles=2, epochs_per_cycle=1, prototype_epochs=1, probe_batches=2, polish_epochs=0)
     with pytest.raises(ValueError, match="different prototype"):
         quiet_trainer(3, [fresh]).fit(other, datamodule=tiny_data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
 
@@ -141,3 +142,36 @@ def test_truncated_image_and_empty_datasets_give_clear_errors(tmp_path):
         ImageFolderDataModule(str(tmp_path / "empty"), val_size=1, num_classes=2).setup("fit")
     with pytest.raises(ValueError, match="train_size"):
         SyntheticDataModule(train_size=0)
+
+
+class CrashAt(L.Callback):
+    """Stops a run the way a crash does: an exception at the start of ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_a_run_interrupted_in_its_polish_resumes_and_completes_it(tmp_path, tiny_data):
+    def synthesis() -> GenerativeSynthesis:
+        return GenerativeSynthesis(Gate("val/acc", 1.0), cycles=1, epochs_per_cycle=1, prototype_epochs=1, polish_epochs=2,
+                                   probe_batches=2, channel_multiple=1, inquisitor=Inquisitor(step=0.4), output_dir=tmp_path)
+
+    def module() -> SynthesisModule:
+        torch.manual_seed(0)
+        return SynthesisModule(cifar_resnet(depth=8, width=8, num_classes=4), ClassificationTask(4))
+
+    first = synthesis()
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    with pytest.raises(RuntimeError, match="simulated crash"):  # epochs: 0 φ, 1 cycle 1, 2-3 the polish
+        quiet_trainer(4, [first, checkpoints, CrashAt(3)], enable_checkpointing=True).fit(module(), datamodule=tiny_data)
+    assert first.schedule.phase.kind == "polish" and summary_of(tmp_path)["polish"] is None
+    resumed = synthesis()
+    quiet_trainer(4, [resumed]).fit(module(), datamodule=tiny_data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    polish = summary_of(tmp_path)["polish"]
+    assert polish["epochs"] == 2 and polish["cycle"] == 1 and resumed.schedule.phase is None
+    assert [c["cycle"] for c in summary_of(tmp_path)["cycles"]] == [1]
+    assert polish["after"]["macs"] == summary_of(tmp_path)["cycles"][0]["macs"]  # the cycle's network, polished

@@ -18,6 +18,7 @@ TINY = [
     "model.depth=8", "model.width=8", "synthesis.cycles=2", "synthesis.prototype_epochs=1",
     "synthesis.epochs_per_cycle=1", "synthesis.probe_batches=3", "gate.threshold=1.0", "trainer.enable_progress_bar=false",
     "synthesis.channel_multiple=1",  # exact widths: multiples of 8 leave a width-8 ResNet little to choose from
+    "synthesis.polish_epochs=0",
 ]
 
 
@@ -35,11 +36,12 @@ def test_every_config_group_option_composes():
             assert cfg.synthesis._target_.endswith("GenerativeSynthesis") and cfg.gate.monitor == "val/acc"
         cfg = compose("train", overrides=["logger=none", "synthesis.cycles=3"])
         callback = instantiate(cfg.synthesis, gate=instantiate(cfg.gate))
-        assert callback.total_epochs == cfg.synthesis.prototype_epochs + 3 * cfg.synthesis.epochs_per_cycle
+        s = cfg.synthesis
+        assert callback.total_epochs == s.prototype_epochs + 3 * s.epochs_per_cycle + s.polish_epochs
 
 
 def test_train_py_writes_the_run_directory(tmp_path):
-    result = run_train(tmp_path, *TINY, "logger=csv")
+    result = run_train(tmp_path, *TINY, "logger=csv", "data.test_size=64")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["task"] == "classification" and len(summary["cycles"]) == 2
@@ -47,6 +49,9 @@ def test_train_py_writes_the_run_directory(tmp_path):
     assert {"architecture.json", "weights.pt", "network.onnx"} <= {p.name for p in (tmp_path / "best").iterdir()}
     assert (tmp_path / "generator.pt").is_file() and list(tmp_path.glob("csv/version_0/metrics.csv"))
     assert "cycle |" in result.stdout and "best (cycle" in result.stdout  # the per-cycle table and final summary
+    for network in ("prototype", "best"):  # the test split, evaluated after the synthesis
+        assert 0.0 <= summary[network]["test"]["acc"] <= 1.0 and f"test split, {network}: acc" in result.stdout
+    assert all("test" not in cycle for cycle in summary["cycles"])
 
 
 def test_bad_config_value_and_missing_dataset_fail_with_the_fix(tmp_path):

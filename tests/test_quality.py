@@ -1,0 +1,129 @@
+"""What makes each training epoch count: distillation from φ, judging candidates by what they will reach,
+early rejection that frees epochs, and the final polish with its fallback."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gensynth_pl import Gate, Inquisitor, Schedule, SynthesisLoop
+from gensynth_pl.distillation import Distiller, soft_target_loss
+from gensynth_pl.models import cifar_resnet
+from gensynth_pl.schedule import CYCLE, POLISH
+
+from conftest import TINY_SHAPE
+
+
+def make_loop(schedule: Schedule, **kwargs) -> SynthesisLoop:
+    settings = dict(inquisitor=Inquisitor(step=0.3), channel_multiple=1, log=lambda text: None, distill_weight=0.0)
+    settings.update(kwargs)
+    return SynthesisLoop(Gate("val/acc", 0.02, relative=True), schedule, **settings)
+
+
+@pytest.fixture
+def prototype():
+    torch.manual_seed(0)
+    return cifar_resnet(depth=8, width=8, num_classes=4)
+
+
+def run_epochs(loop: SynthesisLoop, network, metrics: list[float], start: int = 0):
+    """Feed ``metrics`` as the validation results of consecutive epochs; returns the network in training."""
+    for epoch, metric in enumerate(metrics, start=start):
+        network = loop.end_epoch(epoch, network, metric) or network
+    return network
+
+
+def test_early_rejection_frees_the_rest_of_the_candidates_epochs_for_the_polish(prototype):
+    loop = make_loop(Schedule(1, 3, 2, 0.2, polish_epochs=2), early_reject_margin=0.0)
+    loop.trace(prototype, TINY_SHAPE)
+    budget = loop.schedule.total_epochs
+    network = run_epochs(loop, prototype, [0.80, 0.70, 0.79])  # φ, then cycle 1 recovers 0.09 in its second epoch
+    assert loop.record.cycles[0].accepted and loop.measured_recovery() == pytest.approx(0.09)
+    run_epochs(loop, network, [0.55], start=3)  # cycle 2's first epoch: even +0.09 and the allowance fall short
+    entry = loop.record.cycles[-1]
+    assert entry.early_rejected and not entry.accepted and entry.epochs == 1
+    assert loop.schedule.phase.kind == CYCLE and loop.schedule.phase.start == 4  # cycle 3 starts at once
+    run_epochs(loop, network, [0.75, 0.79], start=4)
+    polish = loop.schedule.phase
+    assert polish.kind == POLISH and polish.epochs == 2 + 1 and polish.last_epoch == budget - 1  # the freed epoch
+    assert loop.schedule.total_epochs == budget
+
+
+def test_candidates_within_the_measured_recovery_are_accepted_and_the_polished_answer_must_pass(prototype):
+    loop = make_loop(Schedule(1, 2, 2, 0.2, polish_epochs=2), recovery_allowance=0.5)
+    loop.trace(prototype, TINY_SHAPE)
+    network = run_epochs(loop, prototype, [0.80, 0.70, 0.79])  # bound 0.78; cycle 1 passes and recovers 0.09
+    assert loop.allowance() == pytest.approx(0.045)
+    network = run_epochs(loop, network, [0.70, 0.75], start=3)  # 0.75: below the bound, within the allowance
+    second = loop.record.cycles[-1]
+    assert second.accepted and not second.report.gate_passed and second.allowance == pytest.approx(0.045)
+    assert loop.leader.cycle == 2 and loop.best.cycle == 1  # the answer so far still passes the real gate
+    assert loop.schedule.phase.kind == POLISH
+    run_epochs(loop, network, [0.77, 0.785], start=5)
+    assert loop.record.polish.accepted and loop.record.polish.before.metric == pytest.approx(0.75)
+    assert loop.best.cycle == 2 and loop.record.best.metric == pytest.approx(0.785) and loop.record.best.gate_passed
+
+
+def test_a_polish_that_fails_the_gate_falls_back_to_the_best_network_that_passed(prototype):
+    loop = make_loop(Schedule(1, 2, 2, 0.2, polish_epochs=1), recovery_allowance=1.0)
+    loop.trace(prototype, TINY_SHAPE)
+    network = run_epochs(loop, prototype, [0.80, 0.70, 0.79, 0.70, 0.75])
+    assert loop.leader.cycle == 2 and loop.best.cycle == 1
+    run_epochs(loop, network, [0.76], start=5)
+    polish = loop.record.polish
+    assert not polish.accepted and not polish.after.gate_passed
+    assert loop.record.best_cycle == 1 and loop.record.best.metric == pytest.approx(0.79)
+
+
+def test_candidates_beating_the_prototype_by_more_than_the_drop_flag_an_under_trained_prototype(prototype):
+    loop = make_loop(Schedule(1, 1, 1, 0.2), recovery_allowance=0.0)
+    loop.trace(prototype, TINY_SHAPE)
+    with pytest.warns(UserWarning, match="under-trained"):
+        run_epochs(loop, prototype, [0.32, 0.60])
+    assert loop.record.prototype_undertrained and loop.record.to_dict()["prototype_undertrained"]
+
+
+def test_distillation_adds_exactly_the_gradient_of_the_weighted_soft_target_loss(prototype):
+    teacher = cifar_resnet(depth=8, width=8, num_classes=4).eval()
+    student = cifar_resnet(depth=8, width=8, num_classes=4).train()
+    x, y = torch.randn(8, *TINY_SHAPE), torch.randint(0, 4, (8,))
+    handle = Distiller(teacher, soft_target_loss, weight=0.7, temperature=3.0).attach(student)
+    F.cross_entropy(student(x), y).backward()
+    hooked = [p.grad.clone() for p in student.parameters()]
+    handle.remove()
+    student.zero_grad()
+    with torch.no_grad():
+        target = teacher(x)
+    outputs = student(x)
+    (F.cross_entropy(outputs, y) + 0.7 * soft_target_loss(outputs, target, 3.0)).backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(hooked, student.parameters()))
+    student.eval()
+    assert torch.equal(student(x), student(x))  # evaluation runs no teacher and adds nothing
+
+
+def test_distillation_narrows_the_gap_to_the_teacher_on_a_tiny_run(tiny_data):
+    tiny_data.setup("fit")
+    torch.manual_seed(0)
+    teacher = cifar_resnet(depth=8, width=8, num_classes=4)
+    optimizer = torch.optim.SGD(teacher.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        for x, y in tiny_data.train_dataloader():
+            optimizer.zero_grad()
+            F.cross_entropy(teacher(x), y).backward()
+            optimizer.step()
+    teacher.eval()
+    inputs = torch.cat([x for x, _ in tiny_data.val_dataloader()])
+    gaps = {}
+    for weight in (0.0, 1.0):  # the same narrower student, from the same start, on the same batches
+        torch.manual_seed(1)
+        student = cifar_resnet(depth=8, width=4, num_classes=4)
+        handle = Distiller(teacher, soft_target_loss, weight=weight, temperature=4.0).attach(student)
+        optimizer = torch.optim.SGD(student.parameters(), lr=0.02, momentum=0.9)
+        torch.manual_seed(2)
+        for _ in range(2):
+            for x, y in tiny_data.train_dataloader():
+                optimizer.zero_grad()
+                F.cross_entropy(student(x), y).backward()
+                optimizer.step()
+        handle.remove()
+        with torch.no_grad():
+            gaps[weight] = float(soft_target_loss(student.eval()(inputs), teacher(inputs), 1.0))
+    assert gaps[1.0] < gaps[0.0] - 0.05  # measured: 1.02 against 1.15
