@@ -15,11 +15,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 
+from gensynth_pl.data.common import has_test_split
 from gensynth_pl.distillation import module_distillation_loss
-from gensynth_pl.gates import Gate
+from gensynth_pl.family import FamilySettings
+from gensynth_pl.gates import Gate, Requirements
 from gensynth_pl.inquisitor import Inquisitor, Probe
 from gensynth_pl.loop import SynthesisLoop
 from gensynth_pl.metrics import NetScoreUnits
@@ -38,14 +39,17 @@ class GenerativeSynthesis(Callback):
     the group's width; 1: exact). Judging: ``recovery_allowance``, ``early_reject_margin`` (see SynthesisLoop).
     Every candidate and the polish learn from φ's outputs with weight ``distill_weight`` (0: off) at temperature
     ``distill_temperature``, through the module's ``distillation_loss`` (a module can set it to None to opt out).
+    ``gate``: a Gate or Requirements (several metric gates, MAC/param/latency budgets); ``cost``: ``macs`` or
+    ``latency``, what a channel costs in the inquisitor's ranking.
     Output layers and removable blocks default to what the prototype declares (or tracing finds). The monitored
     gate metric must be logged at the end of every validation epoch. With ``output_dir`` the run directory
-    (summary.json, generator.pt, best/) is rewritten after every phase.
+    (summary.json, generator.pt, best/) is rewritten after every phase. ``family``: the networks for other
+    budgets ``train.py`` builds after the run (gensynth_pl.family.build_family).
     """
 
     def __init__(
         self,
-        gate: Gate,
+        gate: Gate | Requirements,
         cycles: int = 8,
         epochs_per_cycle: int = 2,
         prototype_epochs: int = 8,
@@ -56,10 +60,11 @@ class GenerativeSynthesis(Callback):
         channel_multiple: int = 8,
         finetune_lr_scale: float = 0.2,
         polish_epochs: int = 4,
-        recovery_allowance: float = 0.5,
+        recovery_allowance: float = 0.75,
         early_reject_margin: float | None = 0.02,
         distill_weight: float = 1.0,
         distill_temperature: float = 4.0,
+        cost: str = "macs",
         network_attr: str = "net",
         inquisitor: Inquisitor | None = None,
         input_shape: tuple[int, ...] | None = None,
@@ -71,18 +76,20 @@ class GenerativeSynthesis(Callback):
         export_onnx: bool = True,
         netscore_units: NetScoreUnits = NetScoreUnits(),
         progress_lines: bool | None = None,
+        family: FamilySettings = FamilySettings(),
     ) -> None:
         self.schedule = Schedule(prototype_epochs, cycles, epochs_per_cycle, finetune_lr_scale, polish_epochs)
         self.loop = SynthesisLoop(
             gate, self.schedule, inquisitor, seed, temperature, min_channels, channel_multiple, probe_batches,
             netscore_units, prototype_config, task_name, output_dir, export_onnx, recovery_allowance,
-            early_reject_margin, distill_weight, distill_temperature,
+            early_reject_margin, distill_weight, distill_temperature, cost,
         )
         self.network_attr = network_attr
         self.input_shape = tuple(input_shape) if input_shape else None
         self.output_layers, self.removable_blocks = output_layers, removable_blocks
         self.progress_lines = progress_lines  # a line per epoch; None: only when stdout is not a terminal
         self.testing: str | None = None  # the network evaluate_test_split is testing ("prototype", "best")
+        self.family = family  # the networks the run ends with (gensynth_pl.family.build_family, after fit)
         self._probe: Probe | None = None
         self._restored = False
         self._resume_hook = None
@@ -167,10 +174,10 @@ class GenerativeSynthesis(Callback):
             self._finish_probe()
         if self.schedule.phase is None:  # the run's phases are over (max_epochs allows more)
             return
-        epoch, metric = trainer.current_epoch, self._read_metric(trainer)
+        epoch, metrics = trainer.current_epoch, self._read_metrics(trainer)
         if self._prints_progress(trainer):
-            print(self.loop.epoch_progress(epoch, metric), flush=True)
-        upcoming = self.loop.end_epoch(epoch, self._network(pl_module), metric)
+            print(self.loop.epoch_progress(epoch, metrics[self.loop.gate.monitor]), flush=True)
+        upcoming = self.loop.end_epoch(epoch, self._network(pl_module), metrics)
         if upcoming is not None:
             self._swap_in(trainer, pl_module, upcoming)
         elif self.schedule.phase is None:
@@ -214,14 +221,16 @@ class GenerativeSynthesis(Callback):
         self.loop.observe(self._probe.detach())
         self._probe = None
 
-    def _read_metric(self, trainer: L.Trainer) -> float:
-        monitor = self.loop.gate.monitor
-        if monitor not in trainer.callback_metrics:
-            raise KeyError(
-                f"gate metric '{monitor}' was not logged; logged metrics: {sorted(trainer.callback_metrics)}. "
-                "Log it at the end of each validation epoch or set gate.monitor to one of these"
-            )
-        return float(trainer.callback_metrics[monitor])
+    def _read_metrics(self, trainer: L.Trainer) -> dict[str, float]:
+        """Every gate's monitored value (the primary one first)."""
+        logged = trainer.callback_metrics
+        for gate in self.loop.requirements.gates:
+            if gate.monitor not in logged:
+                raise KeyError(
+                    f"gate metric '{gate.monitor}' was not logged; logged metrics: {sorted(logged)}. "
+                    "Log it at the end of each validation epoch or set gate.monitor to one of these"
+                )
+        return {gate.monitor: float(logged[gate.monitor]) for gate in self.loop.requirements.gates}
 
     def _prints_progress(self, trainer: L.Trainer) -> bool:
         wanted = self.progress_lines if self.progress_lines is not None else not sys.stdout.isatty()
@@ -256,14 +265,6 @@ class StrategyCollective:
 
     def broadcast(self, obj):
         return self.trainer.strategy.broadcast(obj, src=0)
-
-
-def has_test_split(datamodule: L.LightningDataModule) -> bool:
-    """Our datamodules have ``test_set`` once set up (None: no test split); others, a ``test_dataloader``."""
-    if hasattr(datamodule, "test_set"):
-        datamodule.setup("test")
-        return datamodule.test_set is not None
-    return is_overridden("test_dataloader", datamodule, L.LightningDataModule)
 
 
 def _input_shape(batch) -> tuple[int, ...]:

@@ -19,8 +19,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from gensynth_pl.callbacks import GenerativeSynthesis
-from gensynth_pl.gates import Gate
+from gensynth_pl.family import FamilySettings
+from gensynth_pl.gates import Requirements
 from gensynth_pl.inquisitor import Inquisitor
+from gensynth_pl.latency import LatencyMeter
 from gensynth_pl.metrics import NetScoreUnits
 
 _PLAIN = (int, float, bool, str)
@@ -61,13 +63,14 @@ def schema(target: type, exclude: tuple[str, ...] = (), nested: dict[str, type] 
     return make_dataclass(f"{target.__name__}Config", fields)
 
 
-GateConfig = schema(Gate)
+GateConfig = schema(Requirements, nested={"latency": schema(LatencyMeter)})
 InquisitorConfig = schema(Inquisitor)
 NetScoreUnitsConfig = schema(NetScoreUnits)
+FamilyConfig = schema(FamilySettings)
 SynthesisConfig = schema(
     GenerativeSynthesis,
     exclude=("gate", "prototype_config"),  # given by train.py: the top-level gate node and the model's recipe
-    nested={"inquisitor": InquisitorConfig, "netscore_units": NetScoreUnitsConfig},
+    nested={"inquisitor": InquisitorConfig, "netscore_units": NetScoreUnitsConfig, "family": FamilyConfig},
 )
 
 

@@ -1,7 +1,12 @@
-"""The operational requirement 1_r: a monitored torchmetrics value and a threshold."""
+"""The operational requirement 1_r: monitored torchmetrics values with thresholds, and cost budgets."""
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from gensynth_pl.latency import LatencyMeter
 
 
 class Gate:
@@ -67,3 +72,117 @@ class Gate:
             "higher_is_better": self.higher_is_better,
             "prototype_metric": self.prototype_metric,
         }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One condition of the requirements on one network."""
+
+    name: str  # the metric ("val/acc") or the budget ("macs", "params", "latency_ms")
+    value: float
+    bound: float
+    passed: bool
+    budget: bool  # a cost ceiling (it never blocks an intermediate candidate)
+    op: str = ">="
+
+    def describe(self) -> str:
+        return f"{self.name} {self.value:.4g} ({'meets' if self.passed else 'misses'} {self.op} {self.bound:.4g})"
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "bound": self.bound, "passed": self.passed}
+
+
+BUDGETS = ("macs", "params", "latency_ms")
+
+
+class Requirements:
+    """1_r as users state it: a conjunction of metric gates and cost budgets, all of which the answer must meet.
+
+    The first gate (``monitor``, ``threshold``, ``relative``, ``higher_is_better``, as ``Gate``) is the primary
+    one: what the run's allowance and early rejection measure. ``metrics``: more gates (``Gate`` arguments as
+    dicts, e.g. ``{"monitor": "val/acc_macro", "threshold": 0.02}``). Budgets: ``max_macs`` and ``max_params``
+    (counts, or fractions of the prototype's when at most 1) and ``max_latency_ms`` (median ms per batch,
+    measured on this machine with ``latency``). A budget never rejects an intermediate candidate: it keeps the
+    compression going until a network meets it."""
+
+    def __init__(
+        self,
+        monitor: str = "val/acc",
+        threshold: float = 0.01,
+        relative: bool = True,
+        higher_is_better: bool = True,
+        metrics: tuple[dict, ...] = (),
+        max_macs: float | None = None,
+        max_params: float | None = None,
+        max_latency_ms: float | None = None,
+        latency: LatencyMeter = LatencyMeter(),
+    ) -> None:
+        self.primary = Gate(monitor, threshold, relative, higher_is_better)
+        self.gates = [self.primary, *(m if isinstance(m, Gate) else Gate(**dict(m)) for m in metrics)]
+        for name, limit in (("max_macs", max_macs), ("max_params", max_params), ("max_latency_ms", max_latency_ms)):
+            if limit is not None and not limit > 0:
+                raise ValueError(f"gate.{name}={limit} must be > 0 (null: no budget)")
+        self.limits = {"macs": max_macs, "params": max_params, "latency_ms": max_latency_ms}
+        self.latency = latency
+        self.bounds: dict[str, float] = {}  # budgets resolved against the prototype
+
+    @classmethod
+    def of(cls, gate: "Gate | Requirements") -> "Requirements":
+        """Requirements from a single gate (the Python API's ``Gate(...)``), or as given."""
+        if isinstance(gate, Requirements):
+            return gate
+        requirements = cls(gate.monitor, gate.threshold, gate.relative, gate.higher_is_better)
+        requirements.primary = requirements.gates[0] = gate
+        return requirements
+
+    @property
+    def budgets(self) -> dict[str, float]:
+        return {name: limit for name, limit in self.limits.items() if limit is not None}
+
+    def resolve_budgets(self, prototype_macs: int, prototype_params: int) -> dict[str, float]:
+        """Fractions of the prototype's MACs/params become counts."""
+        scale = {"macs": prototype_macs, "params": prototype_params, "latency_ms": 1.0}
+        self.bounds = {n: (v * scale[n] if n != "latency_ms" and v <= 1 else float(v)) for n, v in self.budgets.items()}
+        return self.bounds
+
+    def resolve(self, prototype_metrics: dict[str, float]) -> None:
+        for gate in self.gates:
+            gate.resolve(prototype_metrics[gate.monitor])
+
+    def costs(self, network: nn.Module, input_shape: tuple[int, ...], macs: int, params: int) -> dict[str, float]:
+        """The network's value for each budget (latency measured only when there is a latency budget)."""
+        values = {"macs": float(macs), "params": float(params)}
+        if "latency_ms" in self.bounds:
+            values["latency_ms"] = self.latency.measure(network, input_shape)
+        return {name: values[name] for name in self.bounds}
+
+    def verdicts(self, metrics: dict[str, float], costs: dict[str, float] | None, allowance: float = 0.0) -> list[Verdict]:
+        """Every condition's verdict (the metric gates' alone when ``costs`` is None); metric gates within
+        ``allowance`` of their bound pass."""
+        verdicts = []
+        for gate in self.gates:
+            value = metrics.get(gate.monitor, math.nan)
+            op = ">=" if gate.higher_is_better else "<="
+            verdicts.append(Verdict(gate.monitor, value, gate.bound, gate.passes(value, allowance), False, op))
+        if costs is not None:
+            verdicts += [Verdict(n, costs[n], b, costs[n] <= b, True, "<=") for n, b in self.bounds.items()]
+        return verdicts
+
+    def describe(self) -> str:
+        budgets = [f"{n} <= {self.bounds.get(n, v):.4g}" for n, v in self.budgets.items()]
+        if "latency_ms" in self.budgets:
+            budgets[-1] += f" ({self.latency.describe()})"
+        return " and ".join([g.describe() for g in self.gates] + budgets)
+
+    def to_dict(self) -> dict:
+        """The primary gate's record (what summary.json's ``gate`` always held), with the other conditions."""
+        return {**self.primary.to_dict(), "metrics": [g.to_dict() for g in self.gates[1:]], "budgets": dict(self.bounds),
+                "latency": asdict(self.latency) if "latency_ms" in self.budgets else None}
+
+    def state_dict(self) -> dict:
+        return {"gates": [g.state_dict() for g in self.gates], "bounds": dict(self.bounds)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for gate, gate_state in zip(self.gates, state["gates"]):
+            gate.load_state_dict(gate_state)
+        self.bounds = dict(state["bounds"])

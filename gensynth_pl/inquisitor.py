@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from gensynth_pl.costs import Costs, MacCosts
 from gensynth_pl.generator import DROP_LOGIT, KEEP_LOGIT, Generator, KeepLogits
-from gensynth_pl.graph import PRUNABLE_TYPES, Architecture, ChannelGroup, NetworkGraph
+from gensynth_pl.graph import PRUNABLE_TYPES, Architecture, NetworkGraph
 from gensynth_pl.importance import INSIGHTS, Importance, resolve_importance
 from gensynth_pl.timing import emit, is_listened, timed
 
@@ -110,13 +111,13 @@ class Probe:
 class CycleOutcome:
     passed: bool
     margin: float  # metric distance above (positive) or below (negative) the gate bound
-    cut: float = 0.0  # the fraction of the parent's MACs the candidate really removed (rounding moves it off the step)
+    cut: float = 0.0  # the fraction of the parent's cost the candidate really removed (rounding moves it off the step)
 
 
 class Inquisitor:
     """θ_I: insight estimates per prototype channel, per-group sensitivities and the step size.
 
-    ``step`` is the fraction of the parent's MACs the next candidate should drop; it grows by ``growth``
+    ``step`` is the fraction of the parent's cost (MACs, or time with latency costs) the next candidate should drop; it grows by ``growth``
     (up to ``max_step``) after a pass with at least ``comfortable_margin`` to spare and halves (down to
     ``min_step``) after a failure. Keep-logits are ``sharpness · ln(score / threshold)``; insights are
     running averages that keep ``memory`` of their past; responses are binned into ``bins`` for the
@@ -156,6 +157,7 @@ class Inquisitor:
         self.comfortable_margin, self.sharpness, self.memory = comfortable_margin, sharpness, memory
         self.bins, self.max_responses = bins, max_responses
         self.importance = resolve_importance(importance)
+        self.costs: Costs = MacCosts()  # what a channel costs: the loop swaps in measured latency (synthesis.cost)
         self.insights: dict[str, dict[str, Tensor]] = {}
         self.group_sensitivity: dict[str, float] = {}
         self.block_sensitivity: dict[str, float] = {}
@@ -253,8 +255,17 @@ class Inquisitor:
         return importance * self.group_sensitivity.get(group_id, 1.0)
 
     @timed("propose")
-    def propose(self, generator: Generator, macs: dict[str, int], parent_macs: int, aim: float = 1.0) -> KeepLogits:
-        """The keep-logits θ_G should take so that sampling drops ~``step`` of the parent's MACs, lowest
+    def propose(
+        self,
+        generator: Generator,
+        macs: dict[str, int],
+        parent_cost: float,
+        aim: float = 1.0,
+        base: tuple[Architecture, nn.Module] | None = None,
+        step: float | None = None,
+    ) -> KeepLogits:
+        """The keep-logits θ_G should take so that sampling drops ~``step`` (the inquisitor's own by default) of the
+        MACs of ``base`` (an accepted network, the parent by default; ``macs`` is its profile), lowest
         information-per-MAC first.
 
         Targets are θ_u = sharpness · ln(score_u / b), score = importance per MAC; the threshold b is set so
@@ -262,28 +273,29 @@ class Inquisitor:
         what the linear cost estimate and rounding make of it). Channels the parent no longer has get DROP_LOGIT;
         each group's most informative channels up to its floor get KEEP_LOGIT.
         """
-        graph, parent_arch = generator.graph, generator.parent_arch
-        modules = dict(generator.parent.named_modules())
+        parent_arch, parent = base or (generator.parent_arch, generator.parent)
+        graph, modules = generator.graph, dict(parent.named_modules())
         live = [g for g in graph.groups.values() if g.block not in parent_arch.removed_blocks]
         scores, costs, protected = {}, {}, {}
         for group in live:
             kept = parent_arch.channels[group.id]
-            costs[group.id] = _channel_cost(group, modules, macs)
+            costs[group.id] = self.costs.channel(group, modules, macs)
             scores[group.id] = self.channel_importance(group.id, kept).clamp_min(1e-30) / costs[group.id]
             floor = min(generator.min_width(group.id), len(kept))  # the most informative channels always stay
             protected[group.id] = torch.zeros(len(kept), dtype=torch.bool)
             protected[group.id][torch.topk(scores[group.id], floor).indices] = True
-        block_scores = {}
+        block_scores, block_costs = {}, {}
         for block in graph.removable_blocks:
             if block not in parent_arch.removed_blocks and macs.get(block):
                 inner = [g for g in live if g.block == block]
                 importance = sum(float(self.channel_importance(g.id, parent_arch.channels[g.id]).sum()) for g in inner)
-                block_scores[block] = max(importance, 1e-30) * self.block_sensitivity.get(block, 1.0) / macs[block]
+                block_costs[block] = max(self.costs.block(block, modules, macs), 1e-9)
+                block_scores[block] = max(importance, 1e-30) * self.block_sensitivity.get(block, 1.0) / block_costs[block]
 
         def expected_saving(log_threshold: float) -> float:
             threshold = math.exp(log_threshold)
             keep_block = {b: torch.sigmoid(self._logits(torch.tensor([s]), threshold))[0] for b, s in block_scores.items()}
-            saved = sum((1 - p) * macs[b] for b, p in keep_block.items())
+            saved = sum((1 - p) * block_costs[b] for b, p in keep_block.items())
             for group in live:
                 drop = 1 - torch.sigmoid(self._logits(scores[group.id], threshold))
                 drop[protected[group.id]] = 0
@@ -292,7 +304,7 @@ class Inquisitor:
 
         all_scores = torch.cat([*scores.values(), torch.tensor(list(block_scores.values()) or [1.0])]).log()
         low, high = float(all_scores.min()) - 5.0, float(all_scores.max()) + 5.0
-        budget = min(self.step * aim, 0.95) * parent_macs
+        budget = min((self.step if step is None else step) * aim, 0.95) * parent_cost
         for _ in range(40):  # bisection: expected saving grows with the threshold
             middle = (low + high) / 2
             low, high = (middle, high) if expected_saving(middle) < budget else (low, middle)
@@ -354,23 +366,3 @@ def _mean_abs_weight(layers: list[nn.Module]) -> Tensor:
     """Mean |w| of each output channel, averaged over a group's producing layers."""
     per_layer = [layer.weight.detach().abs().flatten(1).mean(1).float().cpu() for layer in layers]
     return torch.stack([w for w in per_layer if w.shape == per_layer[0].shape]).mean(0)
-
-
-def _channel_cost(group: ChannelGroup, modules: dict[str, nn.Module], macs: dict[str, int]) -> float:
-    """MACs that one channel of this group costs in the parent: its producers' and consumers' share."""
-    cost = 0.0
-    for name in group.producers:
-        module = modules.get(name)
-        if isinstance(module, PRUNABLE_TYPES):
-            cost += macs.get(name, 0) / _width(module, out=True)
-    for name in group.consumers:
-        module = modules.get(name)
-        if isinstance(module, PRUNABLE_TYPES):
-            cost += macs.get(name, 0) / _width(module, out=False)
-    return max(cost, 1.0)
-
-
-def _width(module: nn.Module, out: bool) -> int:
-    if isinstance(module, nn.Linear):
-        return module.out_features if out else module.in_features
-    return module.out_channels if out else module.in_channels

@@ -31,11 +31,13 @@ from torch import Tensor, nn
 
 from gensynth_pl.distillation import DistillationLoss, Distiller, soft_target_loss
 from gensynth_pl.export import export_onnx, save_network
-from gensynth_pl.gates import Gate
-from gensynth_pl.generator import Generator
+from gensynth_pl.costs import COSTS, LatencyCosts
+from gensynth_pl.gates import BUDGETS, Gate, Requirements, Verdict
+from gensynth_pl.generator import Generator, KeepLogits
 from gensynth_pl.graph import Architecture, NetworkGraph
 from gensynth_pl.inquisitor import CycleOutcome, Inquisitor, Probe, ProbeResult
-from gensynth_pl.metrics import NetScoreUnits, NetworkReport, count_macs, macs_per_module
+from gensynth_pl.latency import LatencyModel
+from gensynth_pl.metrics import NetScoreUnits, NetworkReport, count_macs, count_params, macs_per_module
 from gensynth_pl.record import CycleEntry, PolishEntry, SynthesisRecord
 from gensynth_pl.report import cycle_header, cycle_row, epoch_line, final_summary, pareto_plot, polish_line
 from gensynth_pl.rundir import ONNX_FILE, RunDirectory
@@ -44,7 +46,7 @@ from gensynth_pl.timing import timed
 from gensynth_pl.torch_utils import cpu_state_dict
 
 DRAWS_PER_STEP = 8  # samples tried before the step grows, when each one builds the parent's network again
-AIMS = 3  # proposals per cycle at most while aiming the cut at the step
+AIMS = 4  # proposals per cycle at most while aiming the cut at the step
 AIM_TOLERANCE = 0.25  # a cut within 25% of the step is on target
 
 
@@ -94,11 +96,17 @@ class SynthesisLoop:
     bound); ``early_reject_margin``: a candidate whose first-epoch metric, plus the recovery this run measured,
     stays more than this below the allowed bound is rejected after that epoch (None: never); ``distill_weight``
     and ``distill_temperature``: distillation from φ into every candidate and the polish (weight 0: off).
+
+    ``gate`` is a ``Gate`` or ``Requirements`` (metric gates and budgets): candidates are accepted on the metric
+    gates, while a budget the run has not met yet keeps the compression going (each step is at least what reaching
+    it in the cycles left needs); the answer must meet every condition. ``cost``: what a channel costs in the
+    inquisitor's ranking, ``macs`` or ``latency`` (a per-layer model measured with the requirements' latency
+    settings at the start of the run, cached in the run directory).
     """
 
     def __init__(
         self,
-        gate: Gate,
+        gate: Gate | Requirements,
         schedule: Schedule,
         inquisitor: Inquisitor | None = None,
         seed: int = 0,
@@ -111,10 +119,11 @@ class SynthesisLoop:
         task_name: str = "custom",
         output_dir: str | Path | None = None,
         export_onnx: bool = True,
-        recovery_allowance: float = 0.5,
+        recovery_allowance: float = 0.75,
         early_reject_margin: float | None = 0.02,
         distill_weight: float = 1.0,
         distill_temperature: float = 4.0,
+        cost: str = "macs",
         log: Callable[[str], None] = print,
         collective: Collective | None = None,
     ) -> None:
@@ -134,7 +143,10 @@ class SynthesisLoop:
             raise ValueError(
                 f"synthesis.distill_weight={distill_weight} must be >= 0 (0: off) and distill_temperature={distill_temperature} > 0"
             )
-        self.gate, self.schedule = gate, schedule
+        if cost not in COSTS:
+            raise ValueError(f"synthesis.cost={cost!r} is unknown; choose one of {COSTS}")
+        self.requirements = Requirements.of(gate)
+        self.gate, self.schedule, self.cost = self.requirements.primary, schedule, cost
         self.inquisitor = inquisitor or Inquisitor()
         self.seed, self.temperature, self.min_channels = seed, temperature, min_channels
         self.channel_multiple, self.probe_batches, self.netscore_units = channel_multiple, probe_batches, netscore_units
@@ -145,7 +157,7 @@ class SynthesisLoop:
         self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
         self.distillation_loss: DistillationLoss | None = soft_target_loss  # None: the trained module opts out
         self.collective = collective or SingleProcess()
-        self.record = SynthesisRecord(task=task_name, gate=gate.to_dict())
+        self.record = SynthesisRecord(task=task_name, gate=self.requirements.to_dict())
         self.graph: NetworkGraph | None = None
         self.generator: Generator | None = None
         self.candidate_arch: Architecture | None = None
@@ -158,7 +170,9 @@ class SynthesisLoop:
         self._probe_result: ProbeResult | None = None
         self._distiller: Distiller | None = None
         self._distilling = None
-        self._parent_macs = 0
+        self._metrics: dict[str, float] = {}
+        self._parent_cost = 0.0  # the parent's total cost (MACs or modelled ms): what a candidate's cut is a fraction of
+        self._parent_values: dict[str, float] = {}  # the parent's value for each budget
         self.aim = 1.0  # the correction of the inquisitor's budget that makes candidates cut what the step asks
         self._epoch = 0
         self._phase_started = self._run_started = time.monotonic()
@@ -184,9 +198,41 @@ class SynthesisLoop:
         output_layers: list[str] | None = None,
         removable_blocks: list[str] | None = None,
     ) -> NetworkGraph:
-        """Trace the prototype's channel groups (once, before its first training batch)."""
+        """Trace the prototype's channel groups (once, before its first training batch); resolve and check the
+        budgets against the prototype; with latency costs, build (or reuse) the latency model."""
         self.graph = NetworkGraph.trace(network, input_shape, output_layers, removable_blocks)
+        self.requirements.resolve_budgets(count_macs(network, input_shape), count_params(network))
+        if self.requirements.bounds:
+            self._check_budgets_reachable(network)
+        if self.cost == "latency":
+            self.inquisitor.costs = LatencyCosts(self._latency_model(network))
         return self.graph
+
+    def _check_budgets_reachable(self, network: nn.Module) -> None:
+        """Before any training: a budget below the smallest network the prototype can become is an error."""
+        graph, fraction = self.graph, self.min_channels
+        floor = Architecture(
+            {g: list(range(max(1, math.ceil(fraction * group.size)))) for g, group in graph.groups.items()},
+            list(graph.removable_blocks),
+        )
+        smallest = graph.materialize(network, graph.full_architecture(), floor)
+        values = self.requirements.costs(smallest, self.input_shape, count_macs(smallest, self.input_shape), count_params(smallest))
+        for name, value in values.items():
+            if value > self.requirements.bounds[name]:
+                raise ValueError(
+                    f"gate.max_{name}: no network can meet {name} <= {self.requirements.bounds[name]:.4g}: the smallest this "
+                    f"prototype can become (every group at synthesis.min_channels={fraction}, every removable block removed, "
+                    f"the output layers kept) has {value:.4g}. Raise the budget or lower synthesis.min_channels"
+                )
+
+    def _latency_model(self, network: nn.Module) -> LatencyModel:
+        path = self.run_dir.latency_model if self.run_dir is not None else None
+        model = LatencyModel.load(path, self.requirements.latency) if path is not None else None
+        if model is None:
+            model = LatencyModel.build(network, self.input_shape, self.requirements.latency, self._log)
+            if path is not None and self.collective.is_main:
+                model.save(path)
+        return model
 
     def start_phase(self) -> None:
         """A phase's first epoch begins: its clock starts and its divergence flag clears."""
@@ -213,23 +259,27 @@ class SynthesisLoop:
         """Keep a finished probe's result; it is folded into θ_I if its network is accepted."""
         self._probe_result = result
 
-    def end_epoch(self, epoch: int, network: nn.Module, metric: float) -> nn.Module | None:
-        """After training epoch ``epoch`` (its validation gave ``metric``): conclude the phase if it ended (or reject
-        a cycle's candidate early) and return the network to train next (swap it in and rebuild the optimizers),
-        or None to go on as is. When the schedule has no phase left the run is complete (``schedule.phase`` None)."""
+    def end_epoch(self, epoch: int, network: nn.Module, metrics: float | dict[str, float]) -> nn.Module | None:
+        """After training epoch ``epoch`` (its validation gave ``metrics``: the primary gate's value, or every logged
+        value by name): conclude the phase if it ended (or reject a cycle's candidate early) and return the network
+        to train next (swap it in and rebuild the optimizers), or None to go on as is. When the schedule has no
+        phase left the run is complete (``schedule.phase`` None)."""
         phase, self._epoch = self.schedule.phase, epoch
-        metric = math.nan if self.diverged and phase.kind != PROTOTYPE else metric
+        metrics = dict(metrics) if isinstance(metrics, dict) else {self.gate.monitor: metrics}
+        if self.diverged and phase.kind != PROTOTYPE:
+            metrics = {name: math.nan for name in metrics}
+        self._metrics, metric = metrics, metrics[self.gate.monitor]
         self._phase_metrics.append(metric)
         early = phase.kind == CYCLE and not self.schedule.ends_phase(epoch) and self._rejects_early(epoch, metric)
         if not (self.schedule.ends_phase(epoch) or early):
             return None
         self._stop_distilling()
         if phase.kind == PROTOTYPE:
-            self.conclude_prototype(network, metric)
+            self.conclude_prototype(network, metrics)
         elif phase.kind == CYCLE:
-            self.conclude_cycle(network, metric, early_rejected=early)
+            self.conclude_cycle(network, metrics, early_rejected=early)
         else:
-            self.conclude_polish(network, metric)
+            self.conclude_polish(network, metrics)
         following = self.schedule.advance(epoch, can_polish=self.leader is not None)
         self.start_phase()
         upcoming = None
@@ -274,51 +324,54 @@ class SynthesisLoop:
         return not self.collective.all_agree(expected + self.early_reject_margin >= 0)
 
     # --- decisions -------------------------------------------------------------------------------
-    def conclude_prototype(self, network: nn.Module, metric: float) -> NetworkReport:
-        """φ is trained: resolve the gate from its score, create G_0, record φ as the first best network."""
+    def conclude_prototype(self, network: nn.Module, metrics: dict[str, float]) -> NetworkReport:
+        """φ is trained: resolve the gates from its scores, create G_0, record φ as the first best network."""
+        metric = metrics[self.gate.monitor]
         if not math.isfinite(metric) or self.diverged:
             raise FloatingPointError(
                 f"the prototype's training diverged ({self.gate.monitor}={metric}, non-finite loss); "
                 "lower optimizer.lr or check the data for NaN/inf values"
             )
-        self.gate.resolve(metric)
-        self.record.gate = self.gate.to_dict()
+        self.requirements.resolve(metrics)
+        self.record.gate = self.requirements.to_dict()
         self.generator = Generator(network, self.graph, self.min_channels, self.prototype_config, self.channel_multiple)
-        passed = self.gate.passes(metric)
-        report = self._measure(network, metric, passed)
+        report, verdicts = self._judge(network, metrics)
         self.record.prototype = report
         self._set_best(Choice(self.generator.parent_arch, self.generator.parent, report, 0))
+        self._parent_values = {v.name: v.value for v in verdicts if v.budget}
         if self.distill_weight > 0 and self.distillation_loss is not None:
             self._distiller = Distiller(self.generator.prototype, self.distillation_loss, self.distill_weight,
                                         self.distill_temperature)
-        if not passed and self.collective.is_main:
+        failing = [v.describe() for v in verdicts if not v.passed and not v.budget]
+        if failing and self.collective.is_main:
             warnings.warn(
-                f"the prototype itself fails the gate ({self.gate.describe()}, got {metric:.4f}): candidates are unlikely "
-                "to pass. Lower gate.threshold, make it relative, or train the prototype longer (synthesis.prototype_epochs)."
+                f"the prototype itself fails the gate ({', '.join(failing)}): candidates are unlikely to pass. Lower "
+                "gate.threshold, make it relative, or train the prototype longer (synthesis.prototype_epochs)."
             )
         self._fold_probe(self.generator.parent_arch)
-        self._log(f"GenSynth: prototype {report.macs:,} MACs, {report.params:,} params; gate {self.gate.describe()}")
+        self._log(f"GenSynth: prototype {report.macs:,} MACs, {report.params:,} params; gate {self.requirements.describe()}")
         self._log(cycle_header())
         return report
 
-    def conclude_cycle(self, network: nn.Module, metric: float, early_rejected: bool = False) -> CycleEntry:
+    def conclude_cycle(self, network: nn.Module, metrics: dict[str, float], early_rejected: bool = False) -> CycleEntry:
         """The candidate of the current cycle is trained (or rejected after its first epoch): gate it, let θ_I
-        learn, accept it (within the allowance) or roll back."""
-        cycle, arch = self.schedule.phase.index, self.candidate_arch
+        learn, accept it (its metric gates met within the allowance) or roll back."""
+        cycle, arch, metric = self.schedule.phase.index, self.candidate_arch, metrics[self.gate.monitor]
         allowance = self.allowance()
-        accepted = not early_rejected and self.collective.all_agree(self.gate.passes(metric, allowance))
-        report = self._measure(network, metric, self.collective.all_agree(self.gate.passes(metric)))
-        cut = 1.0 - report.macs / self._parent_macs if self._parent_macs else 0.0
+        within = all(v.passed for v in self.requirements.verdicts(metrics, None, allowance))
+        accepted = not early_rejected and self.collective.all_agree(within)
+        report, verdicts = self._judge(network, metrics)
+        cost = self.inquisitor.costs.total(network, self.input_shape)
+        cut = 1.0 - cost / self._parent_cost if self._parent_cost else 0.0
         margin = self.gate.margin(metric) + allowance if accepted else -1.0
         self.inquisitor.learn(CycleOutcome(passed=accepted, margin=margin, cut=cut), self.generator.parent_arch, arch)
         if accepted:
             self.generator.accept(arch, network)
+            self._parent_values = {v.name: v.value for v in verdicts if v.budget}
             self._fold_probe(arch)
-            choice = Choice(arch, network, report, cycle)
-            if self.leader is None or report.netscore > self.leader.report.netscore:
+            if self.leader is None or _rank(report)[2:] > _rank(self.leader.report)[2:]:  # budgets met first, NetScore
                 self.leader = Choice(arch, copy.deepcopy(network).cpu(), report, cycle)
-            if report.gate_passed and (not self.best.report.gate_passed or report.netscore > self.best.report.netscore):
-                self._set_best(choice)
+            self._consider(Choice(arch, network, report, cycle))
             self._check_prototype_strength(metric)
         else:
             self.generator.rollback()
@@ -346,6 +399,22 @@ class SynthesisLoop:
             self._log(f"cycle {cycle}: non-finite training loss; candidate rejected, generator rolled back")
         return entry
 
+    def _judge(self, network: nn.Module, metrics: dict[str, float]) -> tuple[NetworkReport, list[Verdict]]:
+        """The network's report: size, cost, metric, and every condition's verdict (gate_passed: all of them, as
+        every process agrees)."""
+        report = self._measure(network, metrics[self.gate.monitor], False)
+        costs = self.requirements.costs(network, self.input_shape, report.macs, report.params)
+        verdicts = self.requirements.verdicts(metrics, costs)
+        passed = self.collective.all_agree(all(v.passed for v in verdicts))
+        conditions = {v.name: v.to_dict() for v in verdicts} if len(verdicts) > 1 else None
+        return dataclasses.replace(report, gate_passed=passed, conditions=conditions), verdicts
+
+    def _consider(self, choice: Choice) -> None:
+        """The answer so far: every condition met first, then the metric gates, then the budgets' closeness,
+        then NetScore."""
+        if _rank(choice.report) > _rank(self.best.report):
+            self._set_best(choice)
+
     def _check_prototype_strength(self, metric: float) -> None:
         """Accepted candidates that beat φ by more than the allowed drop mean φ was under-trained: a gate relative
         to its score is weak. Say so once."""
@@ -369,19 +438,19 @@ class SynthesisLoop:
         self.candidate_arch = self.leader.arch
         return copy.deepcopy(self.leader.network)
 
-    def conclude_polish(self, network: nn.Module, metric: float) -> PolishEntry:
-        """The polished leader meets the real gate: it is the answer (unless a passing network scores higher);
-        otherwise the run keeps the best network that passed, and says so."""
+    def conclude_polish(self, network: nn.Module, metrics: dict[str, float]) -> PolishEntry:
+        """The polished leader meeting every condition is the answer (unless a network that does too ranks higher);
+        otherwise the run keeps the best network so far, and says so."""
         leader = self.leader
-        passed = self.collective.all_agree(self.gate.passes(metric))
-        after = self._measure(network, metric, passed)
-        accepted = passed and (not self.best.report.gate_passed or after.netscore >= self.best.report.netscore)
+        after, _ = self._judge(network, metrics)
+        accepted = after.gate_passed and _rank(after) >= _rank(self.best.report)
         entry = PolishEntry(leader.cycle, len(self._phase_metrics), leader.report, after, accepted,
                             round(time.monotonic() - self._phase_started, 2))
         self.record.polish = entry
         if accepted:
+            self.generator.accept(leader.arch, network)  # the polished weights: what later networks inherit from
             self._set_best(Choice(leader.arch, network, after, leader.cycle))
-        self._log(polish_line(entry, self.gate.describe(), self.best.cycle, self.best.report))
+        self._log(polish_line(entry, self.requirements.describe(), self.best.cycle, self.best.report))
         return entry
 
     def propose(self, cycle: int) -> nn.Module:
@@ -389,26 +458,45 @@ class SynthesisLoop:
 
         The inquisitor aims at an expected saving that counts each channel's cost linearly and ignores rounding,
         so a sample cuts more or less than the step; the loop measures what the candidate really cuts and, until
-        it is within ``AIM_TOLERANCE`` of the step, corrects the aim and proposes again (at most ``AIMS`` times;
-        the correction carries over to the next cycle)."""
+        it is within ``AIM_TOLERANCE`` of the step, corrects the aim and proposes again (at most ``AIMS`` times,
+        keeping the attempt that came closest; the correction carries over to the next cycle)."""
+        costs = self.inquisitor.costs
         with timed("propose"):
             macs = macs_per_module(self.generator.parent, self.input_shape)
-        self._parent_macs = macs[""]
+            self._parent_cost = costs.total(self.generator.parent, self.input_shape)
+        closest = None  # (distance from the step, logits, arch, seed, redraws, candidate)
         for attempt in range(AIMS):
-            self.generator.update(self.inquisitor.propose(self.generator, macs, macs[""], self.aim))
+            step = self._step()
+            self.generator.update(self.inquisitor.propose(self.generator, macs, self._parent_cost, self.aim, step=step))
             own, seed, redraws = self._draw(cycle, macs)
             arch = self.collective.broadcast(own)
             if not self.collective.all_agree(arch == own):
                 raise RuntimeError(f"cycle {cycle}: ranks generated different architectures from the same generator state")
             candidate = self.generator.build(arch)
             with timed("propose"):
-                cut = 1.0 - count_macs(candidate, self.input_shape) / macs[""]
-            step = self.inquisitor.step
-            if abs(cut - step) <= AIM_TOLERANCE * step or attempt == AIMS - 1 or cut <= 0:
+                cut = 1.0 - costs.total(candidate, self.input_shape) / self._parent_cost
+            step = self._step()
+            distance = abs(cut - step)
+            if closest is None or distance < closest[0]:
+                logits = KeepLogits(dict(self.generator.channel_logits), dict(self.generator.block_logits))
+                closest = (distance, logits, arch, seed, redraws, candidate)
+            if distance <= AIM_TOLERANCE * step or cut <= 0:
                 break
             self.aim = min(4.0, max(0.25, self.aim * step / cut))
+        _, logits, arch, seed, redraws, candidate = closest  # the attempt that cut closest to the step
+        self.generator.update(logits)
         self.candidate_arch, self.candidate_seed, self.candidate_redraws = arch, seed, redraws
         return candidate
+
+    def _step(self) -> float:
+        """The inquisitor's step, or more while a budget is unmet: what reaching it in the cycles left needs."""
+        step, schedule = self.inquisitor.step, self.schedule
+        left = max(1, (schedule.cycle_budget - schedule.cycle_epochs_used) // schedule.epochs_per_cycle)
+        for name, bound in self.requirements.bounds.items():
+            value = self._parent_values.get(name)
+            if value and value > bound:
+                step = max(step, min(self.inquisitor.max_step, 1 - (bound / value) ** (1 / left)))
+        return step
 
     def _draw(self, cycle: int, macs: dict[str, int]) -> tuple[Architecture, int, int]:
         """Sample until the architecture differs from the parent's network; after ``DRAWS_PER_STEP`` draws that
@@ -423,7 +511,7 @@ class SynthesisLoop:
                 redraws += 1
             if not self.inquisitor.grow_step():
                 return arch, seed, redraws  # nothing left to cut at the largest step: the parent is trained again
-            self.generator.update(self.inquisitor.propose(self.generator, macs, macs[""], self.aim))
+            self.generator.update(self.inquisitor.propose(self.generator, macs, self._parent_cost, self.aim, step=self._step()))
 
     def _start_distilling(self, network: nn.Module) -> None:
         if self._distiller is not None:
@@ -475,7 +563,10 @@ class SynthesisLoop:
         if self.run_dir is None or not self.collective.is_main:
             return
         self.record.write(self.run_dir.summary)
-        self.generator.save(self.run_dir.generator, extra={"gate": self.gate.to_dict(), "task": self.record.task})
+        extra = {"gate": self.requirements.to_dict(), "task": self.record.task, "inquisitor": self.inquisitor.state_dict(),
+                 "prototype": self.record.prototype.to_dict(), "best": self.record.best.to_dict(),
+                 "best_arch": self.best.arch.to_dict()}
+        self.generator.save(self.run_dir.generator, extra=extra)
         if self._best_unsaved:
             best = self.best
             save_network(self.run_dir.best, best.network, best.arch, self.graph, self.prototype_config, best.report.to_dict())
@@ -505,12 +596,13 @@ class SynthesisLoop:
             "schedule": self.schedule.state_dict(),
             "generator": self.generator.state_dict(),
             "inquisitor": self.inquisitor.state_dict(),
-            "gate": self.gate.state_dict(),
+            "requirements": self.requirements.state_dict(),
             "record": self.record.to_dict(),
             "candidate": None if self.candidate_arch is None else self.candidate_arch.to_dict(),
             "candidate_seed": self.candidate_seed,
             "candidate_redraws": self.candidate_redraws,
-            "parent_macs": self._parent_macs,
+            "parent_cost": self._parent_cost,
+            "parent_values": dict(self._parent_values),
             "aim": self.aim,
             "phase_metrics": list(self._phase_metrics),
             "best": self.best.state_dict(),
@@ -525,10 +617,11 @@ class SynthesisLoop:
         self.generator = Generator(prototype, self.graph, self.min_channels, self.prototype_config, self.channel_multiple)
         self.generator.load_state_dict(state["generator"])
         self.inquisitor.load_state_dict(state["inquisitor"])
-        self.gate.load_state_dict(state["gate"])
+        self.requirements.load_state_dict(state["requirements"])
         self.record = SynthesisRecord.from_dict(state["record"])
         self.candidate_seed, self.candidate_redraws = state["candidate_seed"], state["candidate_redraws"]
-        self._parent_macs, self._phase_metrics = state["parent_macs"], list(state["phase_metrics"])
+        self._parent_cost, self._phase_metrics = state["parent_cost"], list(state["phase_metrics"])
+        self._parent_values = dict(state["parent_values"])
         self.aim = state["aim"]
         self.best = self._choice(state["best"])
         self.leader = None if state["leader"] is None else self._choice(state["leader"])
@@ -546,3 +639,12 @@ class SynthesisLoop:
         arch = Architecture.from_dict(state["arch"])
         network = self.graph.rebuild(self.generator.prototype, arch, state["weights"])
         return Choice(arch, network, NetworkReport(**state["report"]), state["cycle"])
+
+
+def _rank(report: NetworkReport) -> tuple:
+    """How good an answer a network is: every condition met, its metric gates met, how far its worst budget is
+    exceeded (ratio to the bound; 1 when all are met), NetScore."""
+    conditions = report.conditions or {}
+    metrics_met = all(v["passed"] for name, v in conditions.items() if name not in BUDGETS) if conditions else report.gate_passed
+    excess = max([v["value"] / v["bound"] for name, v in conditions.items() if name in BUDGETS] + [1.0])
+    return report.gate_passed, metrics_met, -excess, report.netscore

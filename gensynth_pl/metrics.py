@@ -78,6 +78,7 @@ class NetworkReport:
     information_density: float
     gate_passed: bool
     test: dict[str, float] | None = None  # metrics on the data's test split, measured after the synthesis
+    conditions: dict[str, dict] | None = None  # with several requirements: each one's value, bound and verdict
 
     @classmethod
     def measure(
@@ -87,6 +88,7 @@ class NetworkReport:
         metric: float,
         gate_passed: bool,
         units: NetScoreUnits = NetScoreUnits(),
+        test: dict[str, float] | None = None,
     ) -> "NetworkReport":
         params, macs = count_params(module), count_macs(module, input_shape)
         return cls(
@@ -96,6 +98,7 @@ class NetworkReport:
             netscore=netscore(metric, params, macs, units),
             information_density=information_density(metric, params),
             gate_passed=bool(gate_passed),
+            test=test,
         )
 
     def to_dict(self) -> dict:

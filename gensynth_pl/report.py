@@ -44,7 +44,9 @@ def cycle_row(entry: CycleEntry, epoch: int, epochs: int, eta: float) -> str:
         values["accepted"] = "early no"
     elif entry.accepted and not entry.report.gate_passed:
         values["accepted"] = "allowed"  # within the allowance: the polish is expected to recover the rest
-    return " | ".join([*(f"{_fmt(c, values.get(c, '')):>11}" for c in CYCLE_COLUMNS), f"{epoch}/{epochs} eta {_clock(eta)}"])
+    row = " | ".join([*(f"{_fmt(c, values.get(c, '')):>11}" for c in CYCLE_COLUMNS), f"{epoch}/{epochs} eta {_clock(eta)}"])
+    unmet = [name for name, verdict in (entry.report.conditions or {}).items() if not verdict["passed"]]
+    return row + (f" | unmet: {', '.join(unmet)}" if unmet else "")
 
 
 def polish_line(entry: PolishEntry, gate: str, best_cycle: int, best: NetworkReport) -> str:
@@ -73,7 +75,13 @@ def final_summary(record: SynthesisRecord) -> str:
             f"  prototype: {_si(proto.macs)} MACs, {_si(proto.params)} params, metric {proto.metric:.4f}, "
             f"NetScore {proto.netscore:.2f}"
         )
-    if best and not best.gate_passed:
+    if best and not best.gate_passed and best.conditions:
+        unmet = [f"{n} {v['value']:.4g} (bound {v['bound']:.4g})" for n, v in best.conditions.items() if not v["passed"]]
+        lines.append(
+            f"  NO network meets every condition; the closest (cycle {record.best_cycle}: {_si(best.macs)} MACs, metric "
+            f"{best.metric:.4f}) is kept as the answer (best/); unmet: {', '.join(unmet)}"
+        )
+    elif best and not best.gate_passed:
         lines.append("  NO network passed the gate, not even the prototype: the prototype is kept as the answer (best/)")
     elif best and proto and record.best_cycle:
         polish = record.polish
@@ -127,6 +135,34 @@ def pareto_plot(record: SynthesisRecord, path: str | Path) -> Path:
     axes.set_xlabel("MACs (batch 1)")
     axes.set_ylabel(record.gate.get("metric", "metric"))
     axes.set_title(f"GenSynth {record.task}: metric vs cost")
+    axes.legend(fontsize=8, loc="lower right")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
+
+
+def family_plot(result: dict, path: str | Path) -> Path:
+    """Metric against MACs of a family's members (passing or not), the prototype, and the gate."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    rows = sorted(result["rows"], key=lambda r: r["macs"])
+    for passed, style in ((True, dict(c="tab:green", label="member, passes")), (False, dict(c="tab:red", marker="x", label="member, fails"))):
+        chosen = [r for r in rows if r["gate_passed"] == passed]
+        axes.scatter([r["macs"] for r in chosen], [r["metric"] for r in chosen], **style)
+    for row in rows:
+        axes.annotate(row["name"], (row["macs"], row["metric"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if result.get("prototype"):
+        axes.scatter([result["prototype"]["macs"]], [result["prototype"]["metric"]], c="black", marker="*", s=180, label="prototype")
+    if result["gate"].get("threshold") is not None:
+        axes.axhline(result["gate"]["threshold"], c="gray", ls="--", label=f"gate {result['gate']['metric']}")
+    axes.set_xscale("log")
+    axes.set_xlabel("MACs (batch 1)")
+    axes.set_ylabel(result["gate"].get("metric", "metric"))
+    axes.set_title(f"Family from one generator (diversity {result['diversity']:.3f})")
     axes.legend(fontsize=8, loc="lower right")
     axes.grid(alpha=0.3)
     figure.tight_layout()

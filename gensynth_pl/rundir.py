@@ -18,6 +18,7 @@ class RunDirectory:
     """A run's output folder: summary.json, the generator, the best network, the Pareto plot, checkpoints."""
 
     SUMMARY, GENERATOR, BEST, PARETO, CHECKPOINTS = "summary.json", "generator.pt", "best", "pareto.png", "checkpoints"
+    FAMILY = "family"
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -37,6 +38,14 @@ class RunDirectory:
     @property
     def pareto(self) -> Path:
         return self.root / self.PARETO
+
+    @property
+    def latency_model(self) -> Path:
+        return self.root / "latency_model.json"
+
+    @property
+    def family(self) -> Path:
+        return self.root / self.FAMILY
 
     @property
     def last_checkpoint(self) -> Path:

@@ -59,7 +59,11 @@ class WandbSynthesisTracker(Callback):
 
     @staticmethod
     def _network_values(report) -> dict:
-        return {f"synthesis/{k}": getattr(report, k) for k in NETWORK_KEYS}
+        values = {f"synthesis/{k}": getattr(report, k) for k in NETWORK_KEYS}
+        for name, verdict in (report.conditions or {}).items():  # each requirement's value and verdict
+            values[f"synthesis/condition/{name}"] = verdict["value"]
+            values[f"synthesis/condition/{name}_met"] = verdict["passed"]
+        return values
 
     @staticmethod
     def _architecture_table(cycles: list[CycleEntry]):

@@ -47,7 +47,7 @@ def test_loop_concludes_the_prototype_and_proposes_a_smaller_candidate(prototype
     loop.trace(prototype, TINY_SHAPE)
     assert loop.schedule.phase.kind == PROTOTYPE
     train_and_probe(loop, prototype, 0)
-    candidate = loop.end_epoch(0, prototype, metric=0.80)
+    candidate = loop.end_epoch(0, prototype, 0.80)
     assert loop.gate.bound == pytest.approx(0.75) and loop.record.prototype.metric == pytest.approx(0.80)
     assert loop.schedule.phase.kind == CYCLE and loop.schedule.phase.index == 1 and loop.schedule.phase.lr_scale == 0.2
     assert count_macs(candidate, TINY_SHAPE) < loop.record.prototype.macs
@@ -58,45 +58,45 @@ def test_loop_concludes_the_prototype_and_proposes_a_smaller_candidate(prototype
 def test_a_passing_cycle_is_accepted_and_a_failing_one_rolls_back(prototype):
     loop = make_loop()
     loop.trace(prototype, TINY_SHAPE)
-    candidate = loop.end_epoch(0, prototype, metric=0.80)
+    candidate = loop.end_epoch(0, prototype, 0.80)
     first_arch = loop.candidate_arch
     train_and_probe(loop, candidate, 1)
-    second = loop.end_epoch(1, candidate, metric=0.79)  # passes the 0.75 bound
+    second = loop.end_epoch(1, candidate, 0.79)  # passes the 0.75 bound
     entry = loop.record.cycles[-1]
     assert entry.accepted and entry.report.gate_passed and loop.record.best_cycle == 1
     assert len(loop.generator.lineage) == 2 and loop.generator.parent_arch == first_arch
     assert loop.inquisitor.step == pytest.approx(0.5)  # a pass with margin grows the step (capped at max_step)
     logits_before = {g: t.clone() for g, t in loop.generator.channel_logits.items()}
     train_and_probe(loop, second, 2)
-    third = loop.end_epoch(2, second, metric=0.60)  # fails
+    third = loop.end_epoch(2, second, 0.60)  # fails
     entry = loop.record.cycles[-1]
     assert not entry.accepted and len(loop.generator.lineage) == 2
     assert 0 < entry.cut and loop.inquisitor.step == pytest.approx(entry.cut / 2, abs=1e-4)  # halved from what the candidate cut
     assert third is not None and loop.schedule.phase.index == 3
     assert all(t.shape == logits_before[g].shape for g, t in loop.generator.channel_logits.items())
-    assert loop.end_epoch(3, third, metric=float("nan")) is None and loop.schedule.phase is None  # the run is over
+    assert loop.end_epoch(3, third, float("nan")) is None and loop.schedule.phase is None  # the run is over
     assert [c.cycle for c in loop.record.cycles] == [1, 2, 3] and not loop.record.cycles[-1].accepted
 
 
 def test_a_non_finite_loss_rejects_the_candidate(prototype):
     loop = make_loop()
     loop.trace(prototype, TINY_SHAPE)
-    candidate = loop.end_epoch(0, prototype, metric=0.80)
+    candidate = loop.end_epoch(0, prototype, 0.80)
     loop.start_phase()
     loop.check_loss(torch.tensor(float("nan")))
-    loop.end_epoch(1, candidate, metric=0.99)
+    loop.end_epoch(1, candidate, 0.99)
     assert loop.record.cycles[0].diverged and not loop.record.cycles[0].accepted
     with pytest.raises(FloatingPointError, match="prototype's training diverged"):
         fresh = make_loop()
         fresh.trace(prototype, TINY_SHAPE)
         fresh.check_loss(torch.tensor(float("inf")))
-        fresh.end_epoch(0, prototype, metric=0.8)
+        fresh.end_epoch(0, prototype, 0.8)
 
 
 def test_loop_state_round_trip_proposes_the_same_next_candidate(prototype, tmp_path):
     loop = make_loop(tmp_path)
     loop.trace(prototype, TINY_SHAPE)
-    candidate = loop.end_epoch(0, prototype, metric=0.80)
+    candidate = loop.end_epoch(0, prototype, 0.80)
     state = loop.state_dict()  # as a checkpoint saved after the epoch holds it
     restored = make_loop()
     torch.manual_seed(1)  # a fresh prototype: its weights are replaced by the state's
@@ -120,7 +120,7 @@ def test_samples_that_rebuild_the_parent_are_redrawn_then_the_step_grows():
                             nn.Flatten(), nn.Linear(8, 4))
     loop = make_loop(min_channels=1.0, inquisitor=Inquisitor(step=0.3, max_step=0.5, growth=1.5))
     loop.trace(network, TINY_SHAPE)
-    candidate = loop.end_epoch(0, network, metric=0.8)
+    candidate = loop.end_epoch(0, network, 0.8)
     assert loop.graph.same_network(loop.candidate_arch, loop.generator.parent_arch)
     assert loop.inquisitor.step == pytest.approx(0.5) and loop.candidate_redraws == 3 * 8  # at 0.3, 0.45 and 0.5
     assert count_macs(candidate, TINY_SHAPE) == loop.record.prototype.macs
@@ -129,10 +129,10 @@ def test_samples_that_rebuild_the_parent_are_redrawn_then_the_step_grows():
 def test_a_drawn_duplicate_is_replaced_by_a_different_network(prototype):
     loop = make_loop(inquisitor=Inquisitor(step=0.02, min_step=0.02))
     loop.trace(prototype, TINY_SHAPE)
-    network = loop.end_epoch(0, prototype, metric=0.80)
+    network = loop.end_epoch(0, prototype, 0.80)
     redraws = 0
     for epoch in range(1, 4):
         assert not loop.graph.same_network(loop.candidate_arch, loop.generator.parent_arch)
         redraws += loop.candidate_redraws
-        network = loop.end_epoch(epoch, network, metric=0.80) or network
+        network = loop.end_epoch(epoch, network, 0.80) or network
     assert redraws > 0  # small steps draw the parent again often enough to be seen in three cycles

@@ -1,0 +1,83 @@
+"""What a channel costs, for the inquisitor's information-per-cost ranking: MACs (the default) or measured time.
+
+``synthesis.cost=macs`` counts each channel's share of its layers' MACs; ``synthesis.cost=latency`` uses a
+per-layer latency model measured on the target runtime (gensynth_pl.latency.LatencyModel), so the generator
+cuts where time goes, not only where MACs go. Both also give a network's total, in the same unit, which the
+loop uses to aim each candidate's cut at the step.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from torch import nn
+
+from gensynth_pl.graph import PRUNABLE_TYPES, ChannelGroup
+from gensynth_pl.latency import LatencyModel
+from gensynth_pl.metrics import count_macs
+
+COSTS = ("macs", "latency")
+
+
+class Costs(Protocol):
+    unit: str
+
+    def channel(self, group: ChannelGroup, modules: dict[str, nn.Module], macs: dict[str, int]) -> float: ...
+
+    def block(self, block: str, modules: dict[str, nn.Module], macs: dict[str, int]) -> float: ...
+
+    def total(self, network: nn.Module, input_shape: tuple[int, ...]) -> float: ...
+
+
+class MacCosts:
+    """A channel costs its producers' and consumers' MACs per channel (in the network it is cut from)."""
+
+    unit = "MACs"
+
+    def channel(self, group: ChannelGroup, modules: dict[str, nn.Module], macs: dict[str, int]) -> float:
+        cost = 0.0
+        for names, out in ((group.producers, True), (group.consumers, False)):
+            for name in names:
+                module = modules.get(name)
+                if isinstance(module, PRUNABLE_TYPES):
+                    cost += macs.get(name, 0) / _width(module, out)
+        return max(cost, 1.0)
+
+    def block(self, block: str, modules: dict[str, nn.Module], macs: dict[str, int]) -> float:
+        return float(macs.get(block, 0))
+
+    def total(self, network: nn.Module, input_shape: tuple[int, ...]) -> float:
+        return float(count_macs(network, input_shape))
+
+
+class LatencyCosts:
+    """A channel costs the milliseconds one more channel adds to its producers and consumers at their current widths."""
+
+    unit = "ms"
+
+    def __init__(self, model: LatencyModel) -> None:
+        self.model = model
+
+    def channel(self, group: ChannelGroup, modules: dict[str, nn.Module], macs: dict[str, int]) -> float:
+        cost = 0.0
+        for names, side in ((group.producers, "out"), (group.consumers, "in")):
+            for name in names:
+                module = modules.get(name)
+                if isinstance(module, PRUNABLE_TYPES) and name in self.model.curves:
+                    cost += self.model.slope(name, _width(module, False), _width(module, True), side)
+        return max(cost, 1e-9)
+
+    def block(self, block: str, modules: dict[str, nn.Module], macs: dict[str, int]) -> float:
+        return sum(
+            self.model.layer_ms(name, _width(module, False), _width(module, True))
+            for name, module in modules.items()
+            if name.startswith(block + ".") and isinstance(module, PRUNABLE_TYPES) and name in self.model.curves
+        )
+
+    def total(self, network: nn.Module, input_shape: tuple[int, ...]) -> float:
+        return self.model.total(network)
+
+
+def _width(module: nn.Module, out: bool) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features if out else module.in_features
+    return module.out_channels if out else module.in_channels
