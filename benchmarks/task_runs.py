@@ -29,7 +29,8 @@ def overrides(task: str, args: argparse.Namespace) -> list[str]:
         chosen = [f"task={task}"]
     else:
         chosen = [f"experiment={EXPERIMENTS[task]}", f"data.root={getattr(args, f'{task}_root')}"]
-    return [*chosen, f"output_dir={args.output.with_suffix('') / task}", f"seed={args.seed}", *args.override]
+    return [*chosen, f"output_dir={args.output.with_suffix('') / task}", f"seed={args.seed}", "synthesis.family.targets=[]",
+            *args.override]
 
 
 def run_task(task: str, args: argparse.Namespace) -> dict:

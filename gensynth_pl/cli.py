@@ -1,8 +1,8 @@
-"""Console scripts: ``gensynth-generate`` (many networks from a learned generator) and
+"""Console scripts: ``gensynth-generate`` (networks for budgets, or distinct networks at the answer's budget,
+from a learned generator) and
 ``gensynth-export`` (ONNX + verification + latency report of a saved network). Both are Hydra apps."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -13,11 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from gensynth_pl.export import export_onnx, load_network
 from gensynth_pl.latency import measure_latency, verify_onnx
-from gensynth_pl.pipeline import optimization
+from gensynth_pl.family import FamilySettings, build_family, format_family
+from gensynth_pl.pipeline import recipe
 from gensynth_pl.rundir import LATENCY_FILE, ONNX_FILE, SPEC_FILE, RunDirectory, write_text_atomic
-from gensynth_pl.sampling import sample_networks
-
-SAMPLE_COLUMNS = ("seed", "params", "macs", "metric", "netscore", "gate_passed")
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the project's conf/ (source or editable install)
 
 
@@ -34,27 +32,19 @@ def generate(cfg: DictConfig) -> None:
     run_dir = Path(cfg.run_dir)
     run_cfg = load_run_config(run_dir, cfg.run_overrides)
     out = Path(HydraConfig.get().runtime.output_dir)
-    seeds = list(cfg.seeds) if cfg.seeds is not None else list(range(cfg.num_networks))
-    rows = sample_networks(
+    targets = tuple(cfg.targets) if cfg.targets else ()
+    settings = FamilySettings(targets, cfg.budget, cfg.finetune_epochs, cfg.tolerance, cfg.temperature)
+    result = build_family(
         RunDirectory(run_dir).generator,
         instantiate(run_cfg.data),
         instantiate(run_cfg.task),
-        seeds,
-        finetune_epochs=cfg.finetune_epochs,
-        **optimization(run_cfg),
-        finetune_lr_scale=run_cfg.synthesis.get("finetune_lr_scale", 1.0),
-        temperature=cfg.temperature,
+        settings,
+        recipe(run_cfg),
         output_dir=out,
+        variations=None if targets else cfg.num_networks,
     )
-    write_text_atomic(out / "samples.json", json.dumps(rows, indent=2))
-    with open(out / "samples.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SAMPLE_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    print(" | ".join(f"{c:>11}" for c in SAMPLE_COLUMNS))
-    for row in rows:
-        print(" | ".join(f"{row[c]:>11.4f}" if isinstance(row[c], float) else f"{row[c]!s:>11}" for c in SAMPLE_COLUMNS))
-    print(f"{sum(r['gate_passed'] for r in rows)}/{len(rows)} networks pass the gate; files in {out}")
+    print(format_family(result))
+    print(f"files in {out}")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")

@@ -92,10 +92,12 @@ class Generator:
         return max(1, math.ceil(self.min_channels * self.graph.groups[group_id].size))
 
     @timed("sample")
-    def sample(self, seed: int, temperature: float = 1.0) -> Architecture:
+    def sample(self, seed: int, temperature: float = 1.0, base: Architecture | None = None) -> Architecture:
         """Draw an architecture: unit u kept iff θ_u / T + logistic noise(seed) > 0 (Bernoulli(σ(θ/T))), then
         each group's width is brought to its floor and rounded to a ``channel_multiple`` by keeping or dropping
-        its most or least likely channels."""
+        its most or least likely channels (rounding up revives only channels of ``base``, the accepted network
+        the logits were proposed for: the parent by default)."""
+        base = base or self.parent_arch
         rng = torch.Generator().manual_seed(int(seed))
         blocks = {b: _bernoulli_keep(torch.tensor([logit]), rng, temperature).item() for b, logit in self.block_logits.items()}
         drawn = {g: _bernoulli_keep(logits, rng, temperature) for g, logits in self.channel_logits.items()}
@@ -104,8 +106,7 @@ class Generator:
             drawn_width = int(keep.sum())
             width = self._allowed_width(group_id, drawn_width, rng)
             if width != drawn_width:
-                parent = self.parent_arch.channels[group_id]
-                keep = _keep_most_likely(keep, self.channel_logits[group_id], parent, width)
+                keep = _keep_most_likely(keep, self.channel_logits[group_id], base.channels[group_id], width)
             channels[group_id] = keep.nonzero().flatten().tolist()
         return Architecture(channels, sorted(b for b, kept in blocks.items() if not kept))
 

@@ -10,14 +10,23 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from gensynth_pl.callbacks import GenerativeSynthesis
+from gensynth_pl.family import FAMILY_COLUMNS, Recipe, build_family, format_family
 from gensynth_pl.module import SynthesisModule
 from gensynth_pl.record import SynthesisRecord
+from gensynth_pl.rundir import RunDirectory
 
 
 def optimization(cfg: DictConfig) -> dict:
     """The run's optimizer and per-phase scheduler factories (``scheduler: null`` keeps the learning rate constant)."""
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return {"optimizer": instantiate(cfg.optimizer), "scheduler": scheduler}
+
+
+def recipe(cfg: DictConfig) -> Recipe:
+    """How a run fine-tunes networks from its generator: its optimizer, scheduler, rate and distillation."""
+    s = cfg.synthesis
+    return Recipe(**optimization(cfg), finetune_lr_scale=s.finetune_lr_scale, distill_weight=s.distill_weight,
+                  distill_temperature=s.distill_temperature)
 
 
 def load_weights(network: torch.nn.Module, path: str) -> None:
@@ -62,9 +71,25 @@ def synthesize(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         synthesis.evaluate_test_split(trainer, module, datamodule)
+        if synthesis.family.targets and trainer.is_global_zero:
+            files = RunDirectory(output_dir)
+            family = build_family(files.generator, datamodule, task, synthesis.family, recipe(cfg), output_dir=files.family)
+            print(format_family(family))
+            if isinstance(logger, WandbLogger):
+                log_family(logger, family, files.family)
     finally:
         if isinstance(logger, WandbLogger):  # each multirun job gets its own W&B run
             import wandb
 
             wandb.finish()
     return synthesis.record, synthesis
+
+
+def log_family(logger: WandbLogger, family: dict, directory: Path) -> None:
+    """The family as a W&B table (one row per member) and its plot."""
+    import wandb
+
+    rows = [[row.get(c) for c in FAMILY_COLUMNS] for row in family["rows"]]
+    logger.experiment.log({"family/table": wandb.Table(columns=list(FAMILY_COLUMNS), data=rows),
+                           "family/plot": wandb.Image(str(directory / "family.png"))})
+    logger.experiment.summary["family/diversity"] = family["diversity"]

@@ -42,6 +42,22 @@ def test_launcher_configs_compose_for_joblib_and_slurm():
     assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.gpus_per_node == 1
 
 
+def test_optuna_sweeper_config_searches_the_synthesis_settings():
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/sweeper=synthesis_search"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert {"synthesis.inquisitor.step", "synthesis.recovery_allowance", "synthesis.inquisitor.importance"} <= set(sweeper.params)
+
+
+@pytest.mark.slow
+def test_optuna_sweep_over_requirements_runs_its_trials(tmp_path):
+    result = sweep(tmp_path, "hydra/sweeper=synthesis_search", "hydra.sweeper.n_trials=2", "gate.max_macs=0.6", "logger=none")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(tmp_path.glob("*/summary.json"))) == 2
+    assert (tmp_path / "optimization_results.yaml").is_file()
+
+
 def sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     command = [sys.executable, str(ROOT / "train.py"), "-m", f"hydra.sweep.dir={tmp_path}", *TINY, *overrides]
     env = {**os.environ, "WANDB_MODE": "offline"}
@@ -50,7 +66,8 @@ def sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_multirun_sweep_gives_each_job_its_own_dir_and_offline_wandb_run(tmp_path):
-    result = sweep(tmp_path, "synthesis.seed=0,1", "logger=wandb")
+    result = sweep(tmp_path, "synthesis.seed=0,1", "logger=wandb", "synthesis.family.targets=[0.5]",
+                   "synthesis.family.finetune_epochs=0")
     assert result.returncode == 0, result.stderr[-3000:]
     run_ids = set()
     for job in ("0", "1"):
@@ -64,6 +81,7 @@ def test_multirun_sweep_gives_each_job_its_own_dir_and_offline_wandb_run(tmp_pat
                 "synthesis/information_density", "synthesis/gate_passed", "synthesis/step"} <= keys
         assert sorted(r["cycle"] for r in rows if "synthesis/macs" in r) == [0, 1, 2]
         assert any(k.startswith("synthesis/architectures") for k in keys) and any(k.startswith("synthesis/pareto") for k in keys)
+        assert any(k.startswith("family/table") for k in keys)  # the family the run ends with
         tables = (run_dir / "files" / "media" / "table").rglob("*.json")  # architectures_<step>_<hash>.table.json
         table = json.loads(max(tables, key=lambda path: int(path.name.split("_")[1])).read_text())
         assert table["columns"][:3] == ["cycle", "seed", "accepted"] and len(table["data"]) == 2
@@ -90,16 +108,24 @@ def test_generate_and_export_clis_on_a_finished_run(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert generated.returncode == 0, generated.stderr[-3000:]
-    rows = json.loads((tmp_path / "gen" / "samples.json").read_text())
+    rows = json.loads((tmp_path / "gen" / "family.json").read_text())["rows"]
     assert len(rows) == 4 and all(isinstance(r["gate_passed"], bool) for r in rows)
-    assert len({json.dumps(r["widths"], sort_keys=True) for r in rows}) == 4  # four distinct architectures
-    assert "networks pass the gate" in generated.stdout and (tmp_path / "gen" / "samples.csv").is_file()
+    assert len({json.dumps([r["widths"], r["removed_blocks"]], sort_keys=True) for r in rows}) == 4  # four distinct
+    assert "members pass the gate" in generated.stdout and (tmp_path / "gen" / "family.csv").is_file()
+    budgets = subprocess.run(
+        [str(BIN / "gensynth-generate"), f"run_dir={run}", "targets=[0.5,0.3]", "finetune_epochs=0",
+         f"hydra.run.dir={tmp_path / 'budgets'}"], capture_output=True, text=True, timeout=600,
+    )
+    assert budgets.returncode == 0, budgets.stderr[-3000:]
+    prototype = json.loads((run / "summary.json").read_text())["prototype"]["macs"]
+    for row, fraction in zip(json.loads((tmp_path / "budgets" / "family.json").read_text())["rows"], (0.5, 0.3)):
+        assert abs(row["macs"] / (fraction * prototype) - 1) <= 0.05
 
     exported = subprocess.run(
-        [str(BIN / "gensynth-export"), f"network_dir={tmp_path / 'gen' / 'seed_2'}", "batch_sizes=[1,8]", "repeats=3"],
+        [str(BIN / "gensynth-export"), f"network_dir={tmp_path / 'gen' / 'variation_2'}", "batch_sizes=[1,8]", "repeats=3"],
         capture_output=True, text=True, timeout=600,
     )
     assert exported.returncode == 0, exported.stderr[-3000:]
-    report = json.loads((tmp_path / "gen" / "seed_2" / "latency.json").read_text())
+    report = json.loads((tmp_path / "gen" / "variation_2" / "latency.json").read_text())
     assert report["max_abs_difference"] < 1e-4
     assert {(r["runtime"], r["batch"]) for r in report["latency"]} == {(rt, b) for rt in ("pytorch", "onnxruntime") for b in (1, 8)}

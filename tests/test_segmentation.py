@@ -221,7 +221,7 @@ def test_tiny_synthesis_run_on_generated_segmentation_data(tmp_path):
         "data.train_size=32", "data.val_size=16", "data.image_size=32", "data.batch_size=16",
         "model.decoder_channels=[16,8,8]", "synthesis.prototype_epochs=1", "synthesis.cycles=2",
         "synthesis.epochs_per_cycle=1", "synthesis.probe_batches=2", "synthesis.inquisitor.step=0.4", "gate.threshold=1.0",
-        "synthesis.polish_epochs=1",
+        "synthesis.polish_epochs=1", "synthesis.family.targets=[]",
     ]
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=overrides)

@@ -14,7 +14,8 @@ from gensynth_pl import Gate, GenerativeSynthesis, Inquisitor, SynthesisModule, 
 from gensynth_pl.module import cosine_per_phase
 from gensynth_pl.data import SyntheticDataModule
 from gensynth_pl.models import cifar_resnet
-from gensynth_pl.sampling import sample_networks
+from gensynth_pl.family import FamilySettings, build_family
+from gensynth_pl.graph import Architecture
 from gensynth_pl.tasks import ClassificationTask
 
 from conftest import TINY_SHAPE, quiet_trainer
@@ -66,14 +67,32 @@ def test_best_network_reloads_from_spec_and_weights_with_identical_outputs(finis
     np.testing.assert_allclose(onnx_out, expected.detach().numpy(), atol=1e-4)
 
 
-def test_learned_generator_samples_and_gates_many_networks(finished_run, tmp_path):
-    out, _, _, data = finished_run
-    rows = sample_networks(out / "generator.pt", data, ClassificationTask(4), seeds=[0, 1, 2], finetune_epochs=1, output_dir=tmp_path)
-    assert [r["seed"] for r in rows] == [0, 1, 2]
+def test_learned_generator_gives_distinct_networks_at_the_answers_budget(finished_run, tmp_path):
+    out, callback, _, data = finished_run
+    settings = FamilySettings(finetune_epochs=1)
+    result = build_family(out / "generator.pt", data, ClassificationTask(4), settings, output_dir=tmp_path, variations=3)
+    rows, graph = result["rows"], callback.loop.graph
+    archs = [Architecture.from_dict(json.loads((tmp_path / r["name"] / "architecture.json").read_text())["architecture"])
+             for r in rows]
+    assert len(rows) == 3 and result["diversity"] > 0
+    assert all(not graph.same_network(a, b) for i, a in enumerate(archs) for b in archs[i + 1:])  # distinct
+    assert all(not graph.same_network(a, callback.loop.best_arch) for a in archs)  # and not the answer itself
+    answer = callback.record.best.macs
     for row in rows:
-        assert row["macs"] > 0 and 0.0 <= row["metric"] <= 1.0 and isinstance(row["gate_passed"], bool)
-        assert (tmp_path / f"seed_{row['seed']}" / "weights.pt").is_file()
-    assert len({json.dumps(r["widths"], sort_keys=True) for r in rows}) > 1
+        assert abs(row["macs"] / answer - 1) <= 0.05 and row["reached"]  # the answer's budget
+        assert 0.0 <= row["metric"] <= 1.0 and row["gate_passed"] and row["latency_ms"] > 0
+        assert (tmp_path / row["name"] / "network.onnx").is_file()
+    assert {"family.json", "family.csv", "family.png"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_a_network_for_each_budget_or_the_closest_when_none_fits(finished_run, tmp_path):
+    out, callback, _, data = finished_run
+    settings = FamilySettings(targets=(0.5, 0.25, 0.001), finetune_epochs=0)
+    rows = build_family(out / "generator.pt", data, ClassificationTask(4), settings)["rows"]
+    prototype = callback.record.prototype.macs
+    for row, fraction in zip(rows[:2], (0.5, 0.25)):
+        assert row["reached"] and abs(row["macs"] / (fraction * prototype) - 1) <= 0.05, row
+    assert not rows[2]["reached"] and rows[2]["macs"] < rows[1]["macs"]  # unreachable: the closest it can build
 
 
 class MacsGatedModule(SynthesisModule):

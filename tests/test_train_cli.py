@@ -18,7 +18,7 @@ TINY = [
     "model.depth=8", "model.width=8", "synthesis.cycles=2", "synthesis.prototype_epochs=1",
     "synthesis.epochs_per_cycle=1", "synthesis.probe_batches=3", "gate.threshold=1.0", "trainer.enable_progress_bar=false",
     "synthesis.channel_multiple=1",  # exact widths: multiples of 8 leave a width-8 ResNet little to choose from
-    "synthesis.polish_epochs=0",
+    "synthesis.polish_epochs=0", "data.test_size=0", "synthesis.family.targets=[]",
 ]
 
 
@@ -41,7 +41,8 @@ def test_every_config_group_option_composes():
 
 
 def test_train_py_writes_the_run_directory(tmp_path):
-    result = run_train(tmp_path, *TINY, "logger=csv", "data.test_size=64")
+    result = run_train(tmp_path, *TINY, "logger=csv", "data.test_size=64", "synthesis.family.targets=[0.5]",
+                       "synthesis.family.finetune_epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["task"] == "classification" and len(summary["cycles"]) == 2
@@ -52,6 +53,9 @@ def test_train_py_writes_the_run_directory(tmp_path):
     for network in ("prototype", "best"):  # the test split, evaluated after the synthesis
         assert 0.0 <= summary[network]["test"]["acc"] <= 1.0 and f"test split, {network}: acc" in result.stdout
     assert all("test" not in cycle for cycle in summary["cycles"])
+    family = json.loads((tmp_path / "family" / "family.json").read_text())  # the run ends with its family
+    assert len(family["rows"]) == 1 and (tmp_path / "family" / family["rows"][0]["name"] / "network.onnx").is_file()
+    assert "members pass the gate" in result.stdout
 
 
 def test_bad_config_value_and_missing_dataset_fail_with_the_fix(tmp_path):

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torchvision import transforms as T
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -57,6 +58,14 @@ class DecodedImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.images[index]), self.targets[index]
+
+
+def has_test_split(datamodule: L.LightningDataModule) -> bool:
+    """Our datamodules have ``test_set`` once set up (None: no test split); others, a ``test_dataloader``."""
+    if hasattr(datamodule, "test_set"):
+        datamodule.setup("test")
+        return datamodule.test_set is not None
+    return is_overridden("test_dataloader", datamodule, L.LightningDataModule)
 
 
 def open_image(path: str | Path, mode: str | None = "RGB") -> Image.Image:
