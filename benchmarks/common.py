@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
@@ -22,7 +23,8 @@ from benchmarks.baselines import CHANNEL_PRUNING, Contender, channel_pruner, cou
 from benchmarks.tables import format_table, network_row, publish, write_json
 from benchmarks.timing import EpochPrinter, OverheadTimer, Stopwatch, machine
 from gensynth_pl import count_params
-from gensynth_pl.callbacks import GenerativeSynthesis, has_test_split
+from gensynth_pl.callbacks import GenerativeSynthesis
+from gensynth_pl.data.common import has_test_split
 from gensynth_pl.distillation import Distiller
 from gensynth_pl.cli import CONF_DIR
 from gensynth_pl.module import SynthesisModule, scale_learning_rate
@@ -31,7 +33,7 @@ from gensynth_pl.timing import listening
 
 # a benchmark's own runs: no logger, checkpoints or live progress bar (they would only cost time)
 QUIET = ["logger=none", "callbacks=none", "trainer.enable_progress_bar=false", "trainer.enable_checkpointing=false",
-         "trainer.enable_model_summary=false", "+trainer.num_sanity_val_steps=0"]
+         "trainer.enable_model_summary=false", "+trainer.num_sanity_val_steps=0", "synthesis.family.targets=[]"]
 
 
 def parser(description: str, experiment: str | None, output: Path) -> argparse.ArgumentParser:
@@ -128,14 +130,18 @@ def run_synthesis(cfg: DictConfig) -> SynthesisRun:
     )
 
 
-def compare(cfg: DictConfig, output_json: Path, from_scratch: list[Contender], latency_repeats: int) -> dict:
+def compare(cfg: DictConfig, output_json: Path, from_scratch: list[Contender], latency_repeats: int,
+            prototype_epochs: int | None = None) -> dict:
     """Our best generated network against channel pruning (L1 as Torch-Pruning users run it, and random), networks
     trained from scratch at a matched width, and unstructured pruning, all at the generated network's MACs, from
     the same trained φ and with the same epochs after φ (from-scratch networks: φ's epochs too); L1 pruning and the
     from-scratch networks also with the same distillation from φ, so the table shows what the search adds.
 
-    The JSON is rewritten after every row, so a long run that is interrupted keeps what it measured.
+    The JSON is rewritten after every row, so a long run that is interrupted keeps what it measured; φ's weights
+    are saved beside it, so a second run can start from them (``prototype_weights``, with ``prototype_epochs``
+    saying how long that φ trained: what the from-scratch networks get too).
     """
+    prototype_epochs = cfg.synthesis.prototype_epochs if prototype_epochs is None else prototype_epochs
     work_dir = Path(cfg.output_dir).parent
     result = {"config": OmegaConf.to_container(cfg, resolve=True), "machine_start": machine(), "rows": []}
 
@@ -154,8 +160,9 @@ def compare(cfg: DictConfig, output_json: Path, from_scratch: list[Contender], l
     def test_of(report) -> float | None:
         return (report.test or {}).get(cfg.gate.monitor.split("/", 1)[-1])
 
+    torch.save(teacher.state_dict(), work_dir / "prototype.pt")
     add("prototype", teacher, record.prototype.metric, test_of(record.prototype), run.prototype_seconds,
-        epochs=cfg.synthesis.prototype_epochs)
+        epochs=prototype_epochs, weights=cfg.get("prototype_weights"))
     add("gensynth", run.synthesis.loop.best_network, record.best.metric, test_of(record.best), run.synthesis_seconds,
         epochs=epochs, best_cycle=record.best_cycle, gate_passed=record.best.gate_passed, gate_bound=record.gate["threshold"])
 
@@ -168,7 +175,7 @@ def compare(cfg: DictConfig, output_json: Path, from_scratch: list[Contender], l
                 trained = train(network, cfg, epochs, fine_tuning=True, teacher=teacher if distilled else None, label=method)
             add(method, trained.module.net, trained.val, trained.test, watch.wall, pruning_ratio=ratio, epochs=epochs)
 
-    scratch_epochs = cfg.synthesis.prototype_epochs + epochs
+    scratch_epochs = prototype_epochs + epochs
     for contender in from_scratch:
         for distilled in (False, True):
             method = f"{contender.name}_kd" if distilled else contender.name

@@ -29,13 +29,22 @@ SETTINGS = ("pytorch_b1", "onnxruntime_b1", "pytorch_b64", "onnxruntime_b64")
 
 
 def lineage_networks(run_dir: Path) -> tuple[list[tuple[str, nn.Module]], tuple[int, ...]]:
-    """The prototype and every accepted network of a run, the best one named ``best``."""
+    """The prototype and every accepted network of a run (a polished one once), the best one named ``best``.
+
+    An accepted polish re-enters the lineage with the architecture of its cycle's network; it is measured
+    once, under the name ``polished``."""
     files = RunDirectory(run_dir)
     generator, _ = Generator.load(files.generator)
     best = Architecture.from_dict(json.loads((files.best / SPEC_FILE).read_text())["architecture"])
-    networks = []
-    for index, (arch, network) in enumerate(generator.lineage):
-        name = "prototype" if index == 0 else f"accepted_{index}"
+    archs: list[Architecture] = []
+    networks: list[tuple[str, nn.Module]] = []
+    for arch, network in generator.lineage:
+        if arch in archs:
+            at = archs.index(arch)
+            networks[at] = ("polished (best)" if arch == best else "polished", network.eval())
+            continue
+        name = "prototype" if not archs else f"accepted_{len(archs)}"
+        archs.append(arch)
         networks.append((f"{name} (best)" if arch == best else name, network.eval()))
     return networks, generator.input_shape
 

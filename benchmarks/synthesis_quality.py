@@ -8,6 +8,10 @@ Lightning's unstructured ModelPruning at the same parameter count.
 
     python -m benchmarks.synthesis_quality                                  # the full benchmark: about an hour
     python -m benchmarks.synthesis_quality data.train_subset=5000 synthesis.prototype_epochs=10 synthesis.cycles=3
+    python -m benchmarks.synthesis_quality --prototype-weights outputs/benchmarks/synthesis_quality/prototype.pt
+
+The second form starts from a φ an earlier run with the same settings saved (its training is not repeated; the
+from-scratch networks still get its ``synthesis.prototype_epochs``).
 """
 from __future__ import annotations
 
@@ -22,11 +26,18 @@ OUTPUT = Path("outputs/benchmarks/synthesis_quality.json")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parser(__doc__.splitlines()[0], "benchmark_cifar10_cpu", OUTPUT).parse_args(argv)
-    cfg = settings(args.experiment, args.overrides, args.output.with_suffix("") / "gensynth_run")
+    p = parser(__doc__.splitlines()[0], "benchmark_cifar10_cpu", OUTPUT)
+    p.add_argument("--prototype-weights", type=Path, help="φ trained with these settings by an earlier run (skips its training)")
+    args = p.parse_args(argv)
+    run_dir = args.output.with_suffix("") / "gensynth_run"
+    cfg = settings(args.experiment, args.overrides, run_dir)
+    prototype_epochs = cfg.synthesis.prototype_epochs
+    if args.prototype_weights is not None:
+        reuse = [f"prototype_weights={args.prototype_weights.resolve()}", "synthesis.prototype_epochs=0"]
+        cfg = settings(args.experiment, [*args.overrides, *reuse], run_dir)
     contender = width_scaled("width_scaled", lambda widths: instantiate(cfg.model, stage_widths=list(widths)),
                              cfg.model.width, cfg.seed)
-    return compare(cfg, args.output, [contender], args.latency_repeats)
+    return compare(cfg, args.output, [contender], args.latency_repeats, prototype_epochs)
 
 
 if __name__ == "__main__":
