@@ -16,6 +16,7 @@ from torch import nn
 
 from gensynth_pl.export import export_onnx
 from gensynth_pl.rundir import write_text_atomic
+from gensynth_pl.torch_utils import evaluating
 
 
 def verify_onnx(network: nn.Module, onnx_path: str | Path, input_shape: tuple[int, ...], batch: int = 2, atol: float = 1e-4) -> float:
@@ -140,8 +141,8 @@ class LatencyModel:
 
         handles = [m.register_forward_hook(record(name)) for name, m in layers.items()]
         try:
-            with torch.no_grad():
-                prototype.eval()(torch.zeros(1, *input_shape))
+            with torch.no_grad(), evaluating(prototype):  # the run's own prototype: it goes on training afterwards
+                prototype(torch.zeros(1, *input_shape))
         finally:
             for handle in handles:
                 handle.remove()

@@ -77,7 +77,8 @@ def test_latency_model_grows_with_width_and_is_reused_from_the_run_directory(tmp
     torch.manual_seed(0)
     network = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1),
                             nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 4))
-    model = LatencyModel.build(network, (3, 64, 64), LatencyMeter(batch=8, repeats=9), log=lambda text: None)
+    model = LatencyModel.build(network.train(), (3, 64, 64), LatencyMeter(batch=8, repeats=9), log=lambda text: None)
+    assert network.training  # the run's prototype trains on after its layers were timed
     for side in ("out", "in"):
         curve = model.curves["3"][side]
         assert [w for w, _ in curve] == [16, 32, 48, 64]
