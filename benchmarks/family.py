@@ -6,7 +6,7 @@ builds one network per budget (fractions of φ's MACs), fine-tunes each for the 
 test accuracy, gate verdicts, the family's diversity and its wall time against the synthesis run's.
 
     python -m benchmarks.family                              # the quality benchmark's run, budgets 1/2 1/3 1/4 1/6
-    python -m benchmarks.family --run-dir <run> --targets 0.5 0.25 --finetune-epochs 2
+    python -m benchmarks.family --run-dir <run> --targets 0.5 0.25 --finetune-epochs 4
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.splitlines()[0], "benchmark_cifar10_cpu", OUTPUT)
     p.add_argument("--run-dir", type=Path, default=RUN_DIR, help="a finished synthesis run of these settings")
     p.add_argument("--targets", type=float, nargs="+", default=[1 / 2, 1 / 3, 1 / 4, 1 / 6])
-    p.add_argument("--finetune-epochs", type=int, default=4)
+    p.add_argument("--finetune-epochs", type=int, default=FamilySettings().finetune_epochs)
     args = p.parse_args(argv)
     cfg = settings(args.experiment, args.overrides, args.run_dir)
     files = RunDirectory(args.run_dir)

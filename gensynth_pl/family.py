@@ -168,7 +168,7 @@ class Recipe:
     distill_temperature: float = 4.0
 
 
-FAMILY_COLUMNS = ("name", "target", "macs", "params", "metric", "test_metric", "netscore", "gate_passed", "latency_ms")
+FAMILY_COLUMNS = ("name", "target", "reached", "macs", "params", "metric", "test_metric", "netscore", "gate_passed", "latency_ms")
 
 
 def build_family(
@@ -196,10 +196,10 @@ def build_family(
     inquisitor = Inquisitor()
     inquisitor.load_state_dict(extra["inquisitor"])
     builder = FamilyBuilder(generator, inquisitor, settings.budget, settings.tolerance, settings.temperature)
+    answer_arch = Architecture.from_dict(extra["best_arch"])
     members: list[Member] = []
     if variations is not None:
         answer = extra["best"][settings.budget]
-        answer_arch = Architecture.from_dict(extra["best_arch"])
         for index in range(variations):
             avoid = [answer_arch, *(m.arch for m in members)]
             members.append(builder.member(f"variation_{index}", answer, seed=index, avoid=avoid))
@@ -208,7 +208,12 @@ def build_family(
             resolved = builder.resolve(target)
             name = f"{settings.budget}_{target:.3g}" if target <= 1 else f"{settings.budget}_{int(target)}"
             members.append(builder.member(name, resolved, avoid=[m.arch for m in members]))
-    rows = [_finish(m, generator, gate, datamodule, task, settings, recipe, output_dir, trainer_kwargs) for m in members]
+    rows = []
+    for member in members:
+        # the run's answer itself (a budget it fits) is kept as the run left it: polished, so more epochs at a
+        # restarted rate would only perturb it
+        epochs = 0 if generator.graph.same_network(member.arch, answer_arch) else settings.finetune_epochs
+        rows.append(_finish(member, epochs, generator, gate, datamodule, task, recipe, output_dir, trainer_kwargs))
     result = {"budget": settings.budget, "gate": extra["gate"], "prototype": extra.get("prototype"), "rows": rows,
               "diversity": diversity([m.arch for m in members], generator.graph)}
     if output_dir is not None:
@@ -216,20 +221,22 @@ def build_family(
     return result
 
 
-def _finish(member: Member, generator: Generator, gate: Gate, datamodule, task, settings: FamilySettings, recipe: Recipe,
+def _finish(member: Member, epochs: int, generator: Generator, gate: Gate, datamodule, task, recipe: Recipe,
             output_dir: str | Path | None, trainer_kwargs: dict | None) -> dict:
-    """Fine-tune (learning from φ), validate, gate, test, time and save one member."""
+    """Fine-tune ``epochs`` (learning from φ), validate, gate, test, time and save one member."""
+    print(f"[family] {member.name}: built at {member.cost:,} (target {member.target:,}), fine-tuning {epochs} epochs",
+          flush=True)
     optimizer = recipe.optimizer or sgd
     module = SynthesisModule(member.network, task, lambda p: scale_learning_rate(optimizer(p), recipe.finetune_lr_scale),
                              recipe.scheduler)
     distilling = None
-    if recipe.distill_weight > 0 and settings.finetune_epochs > 0:
+    if recipe.distill_weight > 0 and epochs > 0:
         distiller = Distiller(generator.prototype, module.distillation_loss, recipe.distill_weight, recipe.distill_temperature)
         distilling = distiller.attach(member.network)
     defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, num_sanity_val_steps=0)
-    trainer = L.Trainer(max_epochs=settings.finetune_epochs, **{**defaults, **(trainer_kwargs or {})})
-    if settings.finetune_epochs > 0:
+    trainer = L.Trainer(max_epochs=epochs, **{**defaults, **(trainer_kwargs or {})})
+    if epochs > 0:
         trainer.fit(module, datamodule=datamodule)
     if distilling is not None:
         distilling.remove()
@@ -239,7 +246,7 @@ def _finish(member: Member, generator: Generator, gate: Gate, datamodule, task, 
         test = {k.removeprefix("test/"): float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
     network = module.net.cpu().eval()
     report = NetworkReport.measure(network, generator.input_shape, metric, gate.passes(metric), test=test)
-    row = {"name": member.name, "target": member.target, "reached": member.reached, "seed": member.seed,
+    row = {"name": member.name, "target": member.target, "reached": member.reached, "seed": member.seed, "epochs": epochs,
            **report.to_dict(), "test_metric": (test or {}).get(gate.monitor.split("/", 1)[-1]),
            "widths": member.arch.widths(), "removed_blocks": member.arch.removed_blocks}
     if output_dir is not None:

@@ -95,6 +95,15 @@ def test_a_network_for_each_budget_or_the_closest_when_none_fits(finished_run, t
     assert not rows[2]["reached"] and rows[2]["macs"] < rows[1]["macs"]  # unreachable: the closest it can build
 
 
+def test_a_member_at_the_answers_budget_is_the_answer_as_the_run_left_it(finished_run):
+    out, callback, _, data = finished_run
+    best = callback.record.best
+    settings = FamilySettings(targets=(float(best.macs),), finetune_epochs=1)
+    (row,) = build_family(out / "generator.pt", data, ClassificationTask(4), settings)["rows"]
+    assert row["macs"] == best.macs and row["epochs"] == 0  # not fine-tuned again
+    assert row["metric"] == pytest.approx(best.metric, abs=1e-6)
+
+
 class MacsGatedModule(SynthesisModule):
     """Logs val/full_size = 1 only for a network as large as the prototype: every candidate must fail."""
 
