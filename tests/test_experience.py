@@ -82,7 +82,7 @@ def test_multirun_sweep_gives_each_job_its_own_dir_and_offline_wandb_run(tmp_pat
         assert sorted(r["cycle"] for r in rows if "synthesis/macs" in r) == [0, 1, 2]
         assert any(k.startswith("synthesis/architectures") for k in keys) and any(k.startswith("synthesis/pareto") for k in keys)
         assert any(k.startswith("family/table") for k in keys)  # the family the run ends with
-        tables = (run_dir / "files" / "media" / "table").rglob("*.json")  # architectures_<step>_<hash>.table.json
+        tables = (run_dir / "files" / "media" / "table").rglob("architectures_*.json")  # architectures_<step>_<hash>.table.json
         table = json.loads(max(tables, key=lambda path: int(path.name.split("_")[1])).read_text())
         assert table["columns"][:3] == ["cycle", "seed", "accepted"] and len(table["data"]) == 2
         configs = [r for r in read_records(next(run_dir.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "config"]
