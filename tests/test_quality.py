@@ -3,6 +3,7 @@ early rejection that frees epochs, and the final polish with its fallback."""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from gensynth_pl import Gate, Inquisitor, Schedule, SynthesisLoop
 from gensynth_pl.distillation import Distiller, soft_target_loss
@@ -99,16 +100,21 @@ def test_distillation_adds_exactly_the_gradient_of_the_weighted_soft_target_loss
     assert torch.equal(student(x), student(x))  # evaluation runs no teacher and adds nothing
 
 
+def _fit(network: nn.Module, data, lr: float, epochs: int) -> None:
+    """Plain cross-entropy training (a distillation hook on ``network`` adds its gradient)."""
+    optimizer = torch.optim.SGD(network.parameters(), lr=lr, momentum=0.9)
+    for _ in range(epochs):
+        for x, y in data.train_dataloader():
+            optimizer.zero_grad()
+            F.cross_entropy(network(x), y).backward()
+            optimizer.step()
+
+
 def test_distillation_narrows_the_gap_to_the_teacher_on_a_tiny_run(tiny_data):
     tiny_data.setup("fit")
     torch.manual_seed(0)
     teacher = cifar_resnet(depth=8, width=8, num_classes=4)
-    optimizer = torch.optim.SGD(teacher.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(3):
-        for x, y in tiny_data.train_dataloader():
-            optimizer.zero_grad()
-            F.cross_entropy(teacher(x), y).backward()
-            optimizer.step()
+    _fit(teacher, tiny_data, lr=0.05, epochs=3)
     teacher.eval()
     inputs = torch.cat([x for x, _ in tiny_data.val_dataloader()])
     gaps = {}
@@ -116,13 +122,8 @@ def test_distillation_narrows_the_gap_to_the_teacher_on_a_tiny_run(tiny_data):
         torch.manual_seed(1)
         student = cifar_resnet(depth=8, width=4, num_classes=4)
         handle = Distiller(teacher, soft_target_loss, weight=weight, temperature=4.0).attach(student)
-        optimizer = torch.optim.SGD(student.parameters(), lr=0.02, momentum=0.9)
         torch.manual_seed(2)
-        for _ in range(2):
-            for x, y in tiny_data.train_dataloader():
-                optimizer.zero_grad()
-                F.cross_entropy(student(x), y).backward()
-                optimizer.step()
+        _fit(student, tiny_data, lr=0.02, epochs=2)
         handle.remove()
         with torch.no_grad():
             gaps[weight] = float(soft_target_loss(student.eval()(inputs), teacher(inputs), 1.0))
