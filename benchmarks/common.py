@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,14 +27,17 @@ from gensynth_pl import count_params
 from gensynth_pl.callbacks import GenerativeSynthesis
 from gensynth_pl.data.common import has_test_split
 from gensynth_pl.distillation import Distiller
+from gensynth_pl.generator import Generator
 from gensynth_pl.cli import CONF_DIR
 from gensynth_pl.module import SynthesisModule, scale_learning_rate
 from gensynth_pl.pipeline import optimization, synthesize
+from gensynth_pl.rundir import RunDirectory
 from gensynth_pl.timing import listening
 
 # a benchmark's own runs: no logger, checkpoints or live progress bar (they would only cost time)
 QUIET = ["logger=none", "callbacks=none", "trainer.enable_progress_bar=false", "trainer.enable_checkpointing=false",
          "trainer.enable_model_summary=false", "+trainer.num_sanity_val_steps=0", "synthesis.family.targets=[]"]
+PROTOTYPE_WEIGHTS = "prototype.pt"  # φ saved beside a comparison's JSON
 
 
 def parser(description: str, experiment: str | None, output: Path) -> argparse.ArgumentParser:
@@ -43,6 +47,13 @@ def parser(description: str, experiment: str | None, output: Path) -> argparse.A
     p.add_argument("--experiment", default=experiment, help="the conf/experiment the settings start from ('null': none)")
     p.add_argument("--output", type=Path, default=output)
     p.add_argument("--latency-repeats", type=int, default=20)
+    return p
+
+
+def comparison_parser(description: str, experiment: str | None, output: Path) -> argparse.ArgumentParser:
+    """``parser`` plus ``--resume`` for a benchmark that ends in ``compare``."""
+    p = parser(description, experiment, output)
+    p.add_argument("--resume", action="store_true", help="measure only the rows the output JSON lacks (same settings)")
     return p
 
 
@@ -131,66 +142,110 @@ def run_synthesis(cfg: DictConfig) -> SynthesisRun:
 
 
 def compare(cfg: DictConfig, output_json: Path, from_scratch: list[Contender], latency_repeats: int,
-            prototype_epochs: int | None = None) -> dict:
+            prototype_epochs: int | None = None, resume: bool = False) -> dict:
     """Our best generated network against channel pruning (L1 as Torch-Pruning users run it, and random), networks
     trained from scratch at a matched width, and unstructured pruning, all at the generated network's MACs, from
     the same trained φ and with the same epochs after φ (from-scratch networks: φ's epochs too); L1 pruning and the
     from-scratch networks also with the same distillation from φ, so the table shows what the search adds.
 
-    The JSON is rewritten after every row, so a long run that is interrupted keeps what it measured; φ's weights
-    are saved beside it, so a second run can start from them (``prototype_weights``, with ``prototype_epochs``
-    saying how long that φ trained: what the from-scratch networks get too).
+    The JSON is rewritten after every row and φ's weights are saved beside it, so a long run that is interrupted
+    keeps what it measured: ``resume`` (with the same settings) measures only the rows it lacks. A second
+    benchmark can also start from those weights (``prototype_weights``, with ``prototype_epochs`` saying how long
+    that φ trained: what the from-scratch networks get too).
     """
     prototype_epochs = cfg.synthesis.prototype_epochs if prototype_epochs is None else prototype_epochs
-    work_dir = Path(cfg.output_dir).parent
-    result = {"config": OmegaConf.to_container(cfg, resolve=True), "machine_start": machine(), "rows": []}
-
-    run = run_synthesis(cfg)
-    record, input_shape = run.synthesis.record, run.synthesis.loop.input_shape
-    epochs = run.synthesis.schedule.epochs_after_prototype  # what every fine-tuning method gets too
-    target, teacher = record.best.macs, run.prototype
-    result.update(synthesis=record.to_dict(), overhead=run.overhead, target_macs=target, synthesis_cpu_s=run.cpu_seconds)
-
-    def add(method: str, network: nn.Module, val: float, test: float | None, seconds: float, **extra) -> None:
-        row = network_row(method, network, val, input_shape, seconds, work_dir, latency_repeats, test_acc=test, **extra)
-        result["rows"].append(row)
-        write_json(output_json, result)
-        print(f"[benchmark] {method}: {row['macs']:,} MACs, val acc {val:.4f}, test acc {test}, {row['wall_s']} s", flush=True)
-
-    def test_of(report) -> float | None:
-        return (report.test or {}).get(cfg.gate.monitor.split("/", 1)[-1])
-
-    torch.save(teacher.state_dict(), work_dir / "prototype.pt")
-    add("prototype", teacher, record.prototype.metric, test_of(record.prototype), run.prototype_seconds,
-        epochs=prototype_epochs, weights=cfg.get("prototype_weights"))
-    add("gensynth", run.synthesis.loop.best_network, record.best.metric, test_of(record.best), run.synthesis_seconds,
-        epochs=epochs, best_cycle=record.best_cycle, gate_passed=record.best.gate_passed, gate_bound=record.gate["threshold"])
+    rows = _resumed(cfg, output_json, latency_repeats) if resume else _synthesis_rows(cfg, output_json, latency_repeats, prototype_epochs)
+    result, teacher, done = rows.result, rows.teacher, {row["method"] for row in rows.result["rows"]}
+    ours = next(row for row in result["rows"] if row["method"] == "gensynth")
+    target, epochs = result["target_macs"], ours["epochs"]  # every fine-tuning method gets our epochs after φ too
 
     for name, importance in CHANNEL_PRUNING.items():
         for distilled in (False, True) if name == "l1_pruning" else (False,):
             method = f"{name}_kd" if distilled else name
+            if method in done:
+                continue
             with Stopwatch() as watch:
-                prune = channel_pruner(teacher, input_shape, importance, cfg.seed)
-                network, ratio, _ = match_macs(prune, input_shape, target, 0.0, 0.95, increasing=False)
+                prune = channel_pruner(teacher, rows.input_shape, importance, cfg.seed)
+                network, ratio, _ = match_macs(prune, rows.input_shape, target, 0.0, 0.95, increasing=False)
                 trained = train(network, cfg, epochs, fine_tuning=True, teacher=teacher if distilled else None, label=method)
-            add(method, trained.module.net, trained.val, trained.test, watch.wall, pruning_ratio=ratio, epochs=epochs)
+            rows.add(method, trained.module.net, trained.val, trained.test, watch.wall, pruning_ratio=ratio, epochs=epochs)
 
     scratch_epochs = prototype_epochs + epochs
     for contender in from_scratch:
         for distilled in (False, True):
             method = f"{contender.name}_kd" if distilled else contender.name
+            if method in done:
+                continue
             with Stopwatch() as watch:
-                network, knob, _ = match_macs(contender.build, input_shape, target, contender.low, contender.high, increasing=True)
+                network, knob, _ = match_macs(contender.build, rows.input_shape, target, contender.low, contender.high, increasing=True)
                 trained = train(network, cfg, scratch_epochs, teacher=teacher if distilled else None, label=method)
-            add(method, trained.module.net, trained.val, trained.test, watch.wall, width=knob, epochs=scratch_epochs)
+            rows.add(method, trained.module.net, trained.val, trained.test, watch.wall, width=knob, epochs=scratch_epochs)
 
-    with Stopwatch() as watch:
-        network = copy.deepcopy(teacher)
-        pruning, sparsity = unstructured_pruning(network, record.best.params)
-        trained = train(network, cfg, epochs, [pruning], fine_tuning=True, label="modelpruning_l1")
-    add("modelpruning_l1", trained.module.net, trained.val, trained.test, watch.wall, params=count_nonzero(trained.module.net),
-        dense_params=count_params(trained.module.net), weight_sparsity=sparsity, epochs=epochs)
+    if "modelpruning_l1" not in done:
+        with Stopwatch() as watch:
+            network = copy.deepcopy(teacher)
+            pruning, sparsity = unstructured_pruning(network, ours["params"])
+            trained = train(network, cfg, epochs, [pruning], fine_tuning=True, label="modelpruning_l1")
+        rows.add("modelpruning_l1", trained.module.net, trained.val, trained.test, watch.wall,
+                 params=count_nonzero(trained.module.net), dense_params=count_params(trained.module.net),
+                 weight_sparsity=sparsity, epochs=epochs)
 
     result["machine_end"] = machine()
     result["table"] = format_table(result["rows"], target)
     return publish(output_json, result)
+
+
+@dataclass
+class ComparisonRows:
+    """A comparison's JSON as it grows, and what each new row needs: φ (the teacher) and the input shape."""
+
+    output_json: Path
+    result: dict
+    teacher: nn.Module
+    input_shape: tuple[int, ...]
+    latency_repeats: int
+
+    def add(self, method: str, network: nn.Module, val: float, test: float | None, seconds: float, **extra) -> None:
+        """Measure ``network`` (size, latency), append its row and rewrite the JSON."""
+        work_dir = self.output_json.with_suffix("")
+        row = network_row(method, network, val, self.input_shape, seconds, work_dir, self.latency_repeats, test_acc=test, **extra)
+        self.result["rows"].append(row)
+        write_json(self.output_json, self.result)
+        print(f"[benchmark] {method}: {row['macs']:,} MACs, val acc {val:.4f}, test acc {test}, {row['wall_s']} s", flush=True)
+
+
+def _synthesis_rows(cfg: DictConfig, output_json: Path, latency_repeats: int, prototype_epochs: int) -> ComparisonRows:
+    """Run the synthesis (training φ unless it is given) and start the comparison with φ's row and ours."""
+    run = run_synthesis(cfg)
+    record = run.synthesis.record
+    result = {"config": OmegaConf.to_container(cfg, resolve=True), "machine_start": machine(), "rows": [],
+              "synthesis": record.to_dict(), "overhead": run.overhead, "target_macs": record.best.macs,
+              "synthesis_cpu_s": run.cpu_seconds}
+    rows = ComparisonRows(output_json, result, run.prototype, run.synthesis.loop.input_shape, latency_repeats)
+
+    def test_of(report) -> float | None:
+        return (report.test or {}).get(cfg.gate.monitor.split("/", 1)[-1])
+
+    output_json.with_suffix("").mkdir(parents=True, exist_ok=True)
+    torch.save(run.prototype.state_dict(), output_json.with_suffix("") / PROTOTYPE_WEIGHTS)
+    rows.add("prototype", run.prototype, record.prototype.metric, test_of(record.prototype), run.prototype_seconds,
+             epochs=prototype_epochs, weights=cfg.get("prototype_weights"))
+    rows.add("gensynth", run.synthesis.loop.best_network, record.best.metric, test_of(record.best), run.synthesis_seconds,
+             epochs=run.synthesis.schedule.epochs_after_prototype, best_cycle=record.best_cycle,
+             gate_passed=record.best.gate_passed, gate_bound=record.gate["threshold"])
+    return rows
+
+
+def _resumed(cfg: DictConfig, output_json: Path, latency_repeats: int) -> ComparisonRows:
+    """An interrupted comparison's rows, φ from the weights it saved and the input shape from its run's generator."""
+    if not output_json.is_file():
+        raise FileNotFoundError(f"--resume: {output_json} does not exist; run the benchmark without --resume first")
+    result = json.loads(output_json.read_text())
+    if result["config"] != OmegaConf.to_container(cfg, resolve=True):
+        raise ValueError(f"--resume: {output_json} was measured with other settings; repeat its command line exactly")
+    if not any(row["method"] == "gensynth" for row in result["rows"]):
+        raise ValueError(f"--resume: {output_json} has no synthesis row yet; run the benchmark without --resume")
+    teacher = instantiate(cfg.model)
+    teacher.load_state_dict(torch.load(output_json.with_suffix("") / PROTOTYPE_WEIGHTS, map_location="cpu", weights_only=True))
+    generator, _ = Generator.load(RunDirectory(cfg.output_dir).generator, teacher)
+    return ComparisonRows(output_json, result, teacher, generator.graph.input_shape, latency_repeats)

@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.models import mobilenet_v2
 
 from benchmarks.baselines import Contender, width_scaled
-from benchmarks.common import compare, parser, settings
+from benchmarks.common import compare, comparison_parser, settings
 
 OUTPUT = Path("outputs/benchmarks/gpu_scale.json")
 # MobileNetV2's stages for 32x32 inputs: stem and first downsampling stage at stride 1 (8x overall, not 32x)
@@ -42,7 +42,7 @@ def mobilenet_contender(num_classes: int, seed: int) -> Contender:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = parser(__doc__.splitlines()[0], "benchmark_cifar10_gpu", OUTPUT)
+    p = comparison_parser(__doc__.splitlines()[0], "benchmark_cifar10_gpu", OUTPUT)
     p.add_argument("--tiny", action="store_true", help="generated data, ResNet-8, one-epoch phases, CPU (checks the pipeline)")
     args = p.parse_args(argv)
     experiment, overrides = (None, [*TINY, *args.overrides]) if args.tiny else (args.experiment, args.overrides)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
         width_scaled("width_scaled", lambda widths: instantiate(cfg.model, stage_widths=list(widths)), cfg.model.width, cfg.seed),
         mobilenet_contender(cfg.data.num_classes, cfg.seed),
     ]
-    return compare(cfg, args.output, contenders, args.latency_repeats)
+    return compare(cfg, args.output, contenders, args.latency_repeats, resume=args.resume)
 
 
 if __name__ == "__main__":

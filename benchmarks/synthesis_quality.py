@@ -20,13 +20,13 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 from benchmarks.baselines import width_scaled
-from benchmarks.common import compare, parser, settings
+from benchmarks.common import compare, comparison_parser, settings
 
 OUTPUT = Path("outputs/benchmarks/synthesis_quality.json")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = parser(__doc__.splitlines()[0], "benchmark_cifar10_cpu", OUTPUT)
+    p = comparison_parser(__doc__.splitlines()[0], "benchmark_cifar10_cpu", OUTPUT)
     p.add_argument("--prototype-weights", type=Path, help="φ trained with these settings by an earlier run (skips its training)")
     args = p.parse_args(argv)
     run_dir = args.output.with_suffix("") / "gensynth_run"
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = settings(args.experiment, [*args.overrides, *reuse], run_dir)
     contender = width_scaled("width_scaled", lambda widths: instantiate(cfg.model, stage_widths=list(widths)),
                              cfg.model.width, cfg.seed)
-    return compare(cfg, args.output, [contender], args.latency_repeats, prototype_epochs)
+    return compare(cfg, args.output, [contender], args.latency_repeats, prototype_epochs, args.resume)
 
 
 if __name__ == "__main__":
