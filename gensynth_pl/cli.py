@@ -56,7 +56,7 @@ def export(cfg: DictConfig) -> None:
     if not onnx_path.is_file():
         export_onnx(network, input_shape, onnx_path)
     difference = verify_onnx(network, onnx_path, input_shape)
-    rows = measure_latency(network, onnx_path, input_shape, tuple(cfg.batch_sizes), cfg.repeats, cfg.warmup)
+    rows = measure_latency(network, onnx_path, input_shape, tuple(cfg.batch_sizes), cfg.repeats, cfg.warmup, cfg.threads)
     report = {"onnx": str(onnx_path), "max_abs_difference": difference, "latency": rows}
     write_text_atomic(network_dir / LATENCY_FILE, json.dumps(report, indent=2))
     print(f"ONNX {onnx_path}: matches PyTorch within {difference:.2e}")

@@ -6,6 +6,8 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,10 +54,12 @@ def measure_latency(
     batch_sizes: tuple[int, ...] = (1, 64),
     repeats: int = 20,
     warmup: int = 3,
+    threads: int | None = None,
 ) -> list[dict]:
-    """Median wall time per batch (ms) and throughput, for each runtime and batch size, on CPU."""
+    """Median wall time per batch (ms) and throughput, for each runtime and batch size, on CPU, with ``threads``
+    intra-op threads (None: each runtime's default), e.g. the thread count a latency budget was measured with."""
     network = network.eval().cpu()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = _ort_session(onnx_path, threads)
     input_name = session.get_inputs()[0].name
     rows = []
     for batch in batch_sizes:
@@ -63,13 +67,30 @@ def measure_latency(
         array = x.numpy()
 
         def eager() -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), _torch_threads(threads):
                 network(x)
 
         for runtime, run in (("pytorch", eager), ("onnxruntime", lambda: session.run(None, {input_name: array}))):
             median = _median_ms(run, repeats, warmup)
             rows.append({"runtime": runtime, "batch": batch, "median_ms": median, "images_per_s": batch / median * 1000})
     return rows
+
+
+def _ort_session(onnx_path: str | Path, threads: int | None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 RUNTIMES = ("onnxruntime", "pytorch")
@@ -99,18 +120,10 @@ class LatencyMeter:
         network = copy.deepcopy(network).cpu().eval()
         x = torch.randn(self.batch, *input_shape, generator=torch.Generator().manual_seed(0))
         if self.runtime == "pytorch":
-            threads = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-            try:
-                with torch.inference_mode():
-                    return _median_ms(lambda: network(x), self.repeats, self.warmup)
-            finally:
-                torch.set_num_threads(threads)
+            with torch.inference_mode(), _torch_threads(self.threads):
+                return _median_ms(lambda: network(x), self.repeats, self.warmup)
         with tempfile.TemporaryDirectory() as folder:
-            path = export_onnx(network, input_shape, Path(folder) / "network.onnx")
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = options.inter_op_num_threads = self.threads
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = _ort_session(export_onnx(network, input_shape, Path(folder) / "network.onnx"), self.threads)
             feed = {session.get_inputs()[0].name: x.numpy()}
             return _median_ms(lambda: session.run(None, feed), self.repeats, self.warmup)
 
