@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.common import parser, settings, train
-from benchmarks.tables import publish, write_json
+from benchmarks.tables import Column, format_table, key, publish, write_json
 from benchmarks.timing import Stopwatch, machine
 from gensynth_pl.pipeline import synthesize
 from gensynth_pl.record import SynthesisRecord
@@ -57,19 +57,21 @@ def row(name: str, record: SynthesisRecord, seconds: float) -> dict:
     }
 
 
+ABLATION_COLUMNS = [
+    key("variant"), key("macs", "{:,}", "MACs"), key("mac_reduction", "{:.2f}", "x fewer"), key("params", "{:,}"),
+    key("val_acc", "{:.4f}", "val acc"), Column("gate", lambda r: None if r["gate_passed"] is None else "yes" if r["gate_passed"] else "no"),
+    key("test_acc", "{:.4f}", "test acc"), key("netscore", "{:.2f}", "NetScore"),
+    Column("cycles (acc/early)", lambda r: None if r["cycles"] is None else f"{r['cycles']} ({r['accepted']}/{r['early_rejected']})"),
+    Column("polished", lambda r: None if r["polished"] is None else "yes" if r["polished"] else "no"), key("wall_s", "{}", "wall s"),
+]
+
+
 def format_rows(rows: list[dict], prototype: dict) -> str:
-    header = "variant              |       MACs | x fewer |  params | val acc | gate | test acc | NetScore | cycles (acc/early) | polished | wall s"
-    lines = [header, f"{'prototype':<20} | {prototype['macs']:>10,} |    1.00 | {prototype['params']:>7,} | "
-                     f"{prototype['metric']:.4f} |      | {(prototype.get('test') or {}).get('acc', float('nan')):.4f}   |"
-                     f" {prototype['netscore']:>8.2f} |"]
-    for r in rows:
-        test = float("nan") if r["test_acc"] is None else r["test_acc"]
-        lines.append(
-            f"{r['variant']:<20} | {r['macs']:>10,} | {r['mac_reduction']:>7.2f} | {r['params']:>7,} | {r['val_acc']:.4f} | "
-            f"{'yes' if r['gate_passed'] else 'no':>4} | {test:.4f}   | {r['netscore']:>8.2f} | "
-            f"{r['cycles']:>6} ({r['accepted']}/{r['early_rejected']})     | {'yes' if r['polished'] else 'no':>8} | {r['wall_s']:>6}"
-        )
-    return "\n".join(lines)
+    """The variants under φ's own row."""
+    first = {"variant": "prototype", "macs": prototype["macs"], "mac_reduction": 1.0, "params": prototype["params"],
+             "val_acc": prototype["metric"], "gate_passed": None, "test_acc": (prototype.get("test") or {}).get("acc"),
+             "netscore": prototype["netscore"], "cycles": None, "polished": None}
+    return format_table([first, *rows], ABLATION_COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> dict:

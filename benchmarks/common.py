@@ -21,16 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from benchmarks.baselines import CHANNEL_PRUNING, Contender, channel_pruner, count_nonzero, match_macs, unstructured_pruning
-from benchmarks.tables import format_table, network_row, publish, write_json
+from benchmarks.tables import comparison_columns, format_table, network_row, publish, write_json
 from benchmarks.timing import EpochPrinter, OverheadTimer, Stopwatch, machine
 from gensynth_pl import count_params
 from gensynth_pl.callbacks import GenerativeSynthesis
 from gensynth_pl.data.common import has_test_split
-from gensynth_pl.distillation import Distiller
 from gensynth_pl.generator import Generator
 from gensynth_pl.cli import CONF_DIR
-from gensynth_pl.module import SynthesisModule, scale_learning_rate
-from gensynth_pl.pipeline import optimization, synthesize
+from gensynth_pl.module import SynthesisModule
+from gensynth_pl.pipeline import recipe, synthesize
 from gensynth_pl.rundir import RunDirectory
 from gensynth_pl.timing import listening
 
@@ -87,21 +86,13 @@ def train(
     fine-tuning rate when ``fine_tuning`` a pruned φ), learning from ``teacher`` with the synthesis's distillation
     settings when given; validate it after its last epoch and evaluate it on the data's test split (if any)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    factories = optimization(cfg)
-    scale = cfg.synthesis.finetune_lr_scale if fine_tuning else 1.0
-    optimizer = factories["optimizer"]
-    module = SynthesisModule(network, instantiate(cfg.task), lambda p: scale_learning_rate(optimizer(p), scale),
-                             factories["scheduler"])
-    distilling = None
-    if teacher is not None:
-        s = cfg.synthesis
-        distilling = Distiller(teacher, module.distillation_loss, s.distill_weight, s.distill_temperature).attach(network)
+    training = recipe(cfg)
+    module = training.module(network, instantiate(cfg.task), fine_tuning)
     datamodule = instantiate(cfg.data)
     trainer = instantiate(cfg.trainer, max_epochs=epochs, callbacks=[*(callbacks or []), EpochPrinter(label)], logger=False,
                           check_val_every_n_epoch=epochs)  # nothing here is decided per epoch: validate once, at the end
-    trainer.fit(module, datamodule=datamodule)
-    if distilling is not None:
-        distilling.remove()
+    with training.distilling(teacher, module):
+        trainer.fit(module, datamodule=datamodule)
     return Trained(module, float(trainer.callback_metrics[cfg.gate.monitor]), test_metric(trainer, module, datamodule, cfg))
 
 
@@ -191,7 +182,7 @@ def compare(cfg: DictConfig, output_json: Path, from_scratch: list[Contender], l
                  weight_sparsity=sparsity, epochs=epochs)
 
     result["machine_end"] = machine()
-    result["table"] = format_table(result["rows"], target)
+    result["table"] = format_table(result["rows"], comparison_columns(target))
     return publish(output_json, result)
 
 
@@ -241,7 +232,7 @@ def _resumed(cfg: DictConfig, output_json: Path, latency_repeats: int) -> Compar
     if not output_json.is_file():
         raise FileNotFoundError(f"--resume: {output_json} does not exist; run the benchmark without --resume first")
     result = json.loads(output_json.read_text())
-    if result["config"] != OmegaConf.to_container(cfg, resolve=True):
+    if _measured_with(result["config"]) != _measured_with(OmegaConf.to_container(cfg, resolve=True)):
         raise ValueError(f"--resume: {output_json} was measured with other settings; repeat its command line exactly")
     if not any(row["method"] == "gensynth" for row in result["rows"]):
         raise ValueError(f"--resume: {output_json} has no synthesis row yet; run the benchmark without --resume")
@@ -249,3 +240,8 @@ def _resumed(cfg: DictConfig, output_json: Path, latency_repeats: int) -> Compar
     teacher.load_state_dict(torch.load(output_json.with_suffix("") / PROTOTYPE_WEIGHTS, map_location="cpu", weights_only=True))
     generator, _ = Generator.load(RunDirectory(cfg.output_dir).generator, teacher)
     return ComparisonRows(output_json, result, teacher, generator.graph.input_shape, latency_repeats)
+
+
+def _measured_with(config: dict) -> dict:
+    """A comparison's settings, less where it writes (its folder may have moved since)."""
+    return {key: value for key, value in config.items() if key != "output_dir"}

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 
 from benchmarks.baselines import CHANNEL_PRUNING, channel_pruner, match_macs
 from benchmarks.common import parser, settings, train
-from benchmarks.tables import publish, write_json
+from benchmarks.tables import Column, format_table, key, publish, write_json
 from benchmarks.timing import Stopwatch, machine
 from gensynth_pl.family import FamilySettings, build_family, format_family
 from gensynth_pl.generator import Generator
@@ -28,16 +28,12 @@ OUTPUT = Path("outputs/benchmarks/family.json")
 RUN_DIR = Path("outputs/benchmarks/synthesis_quality/gensynth_run")
 
 
-def format_comparison(rows: list[dict]) -> str:
-    header = "member      |   target MACs |         MACs |  dev. | val acc | test acc | gate | L1+KD MACs | L1 val | L1 test"
-    lines = [header]
-    for r in rows:
-        lines.append(
-            f"{r['name']:<11} | {r['target']:>13,} | {r['macs']:>12,} | {100 * (r['macs'] / r['target'] - 1):>+4.1f}% | "
-            f"{r['metric']:.4f} | {r['test_metric'] or float('nan'):.4f}   | {'yes' if r['gate_passed'] else 'no':>4} | "
-            f"{r['l1_macs']:>10,} | {r['l1_val']:.4f} | {r['l1_test'] or float('nan'):.4f}"
-        )
-    return "\n".join(lines)
+COMPARISON_COLUMNS = [
+    key("name", header="member"), key("target", "{:,}", "target MACs"), key("macs", "{:,}", "MACs"),
+    Column("dev.", lambda r: 100 * (r["macs"] / r["target"] - 1), "{:+.1f}%"), key("metric", "{:.4f}", "val acc"),
+    key("test_metric", "{:.4f}", "test acc"), Column("gate", lambda r: "yes" if r["gate_passed"] else "no"),
+    key("l1_macs", "{:,}", "L1+KD MACs"), key("l1_val", "{:.4f}", "L1 val"), key("l1_test", "{:.4f}", "L1 test"),
+]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         trained = train(network, cfg, args.finetune_epochs, fine_tuning=True, teacher=prototype, label=f"l1_kd {member['name']}")
         result["rows"].append({**member, "l1_macs": macs, "l1_val": trained.val, "l1_test": trained.test})
         write_json(args.output, result)
-    result["table"] = format_comparison(result["rows"]) + (
+    result["table"] = format_table(result["rows"], COMPARISON_COLUMNS) + (
         f"\nfamily of {len(result['rows'])}: {result['family_wall_s']:.0f} s; the synthesis after φ: "
         f"{result['synthesis_wall_s']:.0f} s; diversity {result['diversity']:.3f}")
     return publish(args.output, result)

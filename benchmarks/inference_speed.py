@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from benchmarks.tables import publish
+from benchmarks.tables import Column, format_table, key, publish
 from benchmarks.timing import machine
 from gensynth_pl import count_macs, count_params, export_onnx
 from gensynth_pl.generator import Generator
@@ -72,15 +72,17 @@ def measure(networks: list[tuple[str, nn.Module]], input_shape: tuple[int, ...],
 
 
 def format_speed(rows: list[dict]) -> str:
-    header = ["network", "MACs", "MAC red.", *(f"{s} ms (x)" for s in SETTINGS), "b64 eff. eager/ORT"]
-    lines = [" | ".join(header)]
-    for row in rows:
-        cells = [f"{row['network']:<20}", f"{row['macs']:>12,}", f"{row['mac_reduction']:>6.2f}x"]
-        cells += [f"{row['latency_ms'][s]:>8.2f} ({row['speedup'][s]:.2f}x)" for s in SETTINGS]
-        efficiency = row["speedup_per_mac_reduction"]
-        cells.append(f"{100 * efficiency['pytorch_b64']:.0f}% / {100 * efficiency['onnxruntime_b64']:.0f}%")
-        lines.append(" | ".join(cells))
-    return "\n".join(lines)
+    """Each network's latency per setting with its speed-up over φ, and speed-up per MAC reduction at batch 64."""
+    def setting(name: str) -> Column:
+        return Column(f"{name} ms (x)", lambda r: f"{r['latency_ms'][name]:.2f} ({r['speedup'][name]:.2f}x)")
+
+    def efficiency(r: dict) -> str:
+        e = r["speedup_per_mac_reduction"]
+        return f"{100 * e['pytorch_b64']:.0f}% / {100 * e['onnxruntime_b64']:.0f}%"
+
+    columns = [key("network"), key("macs", "{:,}", "MACs"), key("mac_reduction", "{:.2f}x", "MAC red."),
+               *(setting(name) for name in SETTINGS), Column("b64 eff. eager/ORT", efficiency)]
+    return format_table(rows, columns)
 
 
 def main(argv: list[str] | None = None) -> dict:

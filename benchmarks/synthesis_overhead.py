@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from benchmarks.common import parser, run_synthesis, settings
-from benchmarks.tables import publish
+from benchmarks.tables import Column, format_table, key, publish
 from benchmarks.timing import machine
 from gensynth_pl.timing import BOOKKEEPING, DISTILLATION, PROBE_AND_UPDATE
 
@@ -32,12 +32,9 @@ def format_overhead(rows: list[dict]) -> str:
     total = {c: sum(r[c] for r in cycles) for c in COLUMNS[1:] if c not in SHARES}
     total.update(phase="cycles", share=total["probe_and_update_s"] / total["wall_s"],
                  share_with_distillation=(total["probe_and_update_s"] + total["distill"]) / total["wall_s"])
-    lines = [" | ".join(f"{c:>10}" for c in COLUMNS)]
-    for row in [*rows, total]:
-        cells = [f"{row['phase']:>10}"]
-        cells += [f"{100 * row[c]:>9.2f}%" if c in SHARES else f"{row[c]:>10.3f}" for c in COLUMNS[1:]]
-        lines.append(" | ".join(cells))
-    return "\n".join(lines)
+    columns = [key("phase")] + [Column(c, lambda r, c=c: 100 * r[c], "{:.2f}%") if c in SHARES else key(c, "{:.3f}")
+                                for c in COLUMNS[1:]]
+    return format_table([*rows, total], columns)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from torch import nn
@@ -44,46 +45,44 @@ def network_row(
     }
 
 
-TABLE_COLUMNS = (
-    ("method", "{:<16}"),
-    ("params", "{:>9,}"),
-    ("macs", "{:>12,}"),
-    ("mac_ratio", "{:>9}"),
-    ("val_acc", "{:>7.4f}"),
-    ("test_acc", "{:>8.4f}"),
-    ("epochs", "{:>6}"),
-    ("netscore", "{:>8.2f}"),
-    ("information_density", "{:>8.2f}"),
-    ("pytorch_b1", "{:>10.2f}"),
-    ("pytorch_b64", "{:>11.2f}"),
-    ("onnxruntime_b1", "{:>9.2f}"),
-    ("onnxruntime_b64", "{:>10.2f}"),
-    ("wall_s", "{:>8.1f}"),
-)
-HEADERS = ("method", "params", "MACs", "MACs/ours", "val acc", "test acc", "epochs", "NetScore", "acc%/Mp", "eager b1 ms", "eager b64 ms",
-           "ORT b1 ms", "ORT b64 ms", "wall s")
+@dataclass(frozen=True)
+class Column:
+    """One column of a benchmark's text table: its header, its cell's value in a row, and the value's format."""
+
+    header: str
+    value: Callable[[dict], object]
+    fmt: str = "{}"
+
+    def cell(self, row: dict) -> str:
+        value = self.value(row)
+        return "" if value is None else self.fmt.format(value)
 
 
-def format_table(rows: list[dict], target_macs: int) -> str:
-    """A fixed-width text table (also pasted into the README)."""
-    widths = [len(fmt.format(_cell(rows[0], key, target_macs))) if rows else 10 for key, fmt in TABLE_COLUMNS]
-    widths = [max(w, len(h)) for w, h in zip(widths, HEADERS)]
-    lines = [" | ".join(h.rjust(w) for h, w in zip(HEADERS, widths))]
-    lines.append("-|-".join("-" * w for w in widths))
-    for row in rows:
-        cells = [fmt.format(_cell(row, key, target_macs)).rjust(w) for (key, fmt), w in zip(TABLE_COLUMNS, widths)]
-        lines.append(" | ".join(cells))
+def key(name: str, fmt: str = "{}", header: str | None = None) -> Column:
+    """A column showing ``row[name]`` (blank where the row has none)."""
+    return Column(header or name, lambda row: row.get(name), fmt)
+
+
+def format_table(rows: list[dict], columns: list[Column]) -> str:
+    """A fixed-width text table, right-aligned, with a rule under the headers (also pasted into the README)."""
+    cells = [[column.cell(row) for column in columns] for row in rows]
+    widths = [max([len(column.header), *(len(line[i]) for line in cells)]) for i, column in enumerate(columns)]
+    lines = [" | ".join(c.header.rjust(w) for c, w in zip(columns, widths)), "-|-".join("-" * w for w in widths)]
+    lines += [" | ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in cells]
     return "\n".join(lines)
 
 
-def _cell(row: dict, key: str, target_macs: int):
-    if key == "mac_ratio":
-        return f"{row['macs'] / target_macs:.3f}"
-    if key == "test_acc" and row.get(key) is None:
-        return float("nan")
-    if key in row:
-        return row[key]
-    return row["latency_ms"][key]
+def comparison_columns(target_macs: int) -> list[Column]:
+    """The columns of a comparison at matched MACs (synthesis_quality, gpu_scale)."""
+    def latency(setting: str, header: str) -> Column:
+        return Column(header, lambda row: row["latency_ms"][setting], "{:.2f}")
+
+    return [key("method"), key("params", "{:,}"), key("macs", "{:,}", "MACs"),
+            Column("MACs/ours", lambda row: row["macs"] / target_macs, "{:.3f}"), key("val_acc", "{:.4f}", "val acc"),
+            key("test_acc", "{:.4f}", "test acc"), key("epochs"), key("netscore", "{:.2f}", "NetScore"),
+            key("information_density", "{:.2f}", "acc%/Mp"), latency("pytorch_b1", "eager b1 ms"),
+            latency("pytorch_b64", "eager b64 ms"), latency("onnxruntime_b1", "ORT b1 ms"),
+            latency("onnxruntime_b64", "ORT b64 ms"), key("wall_s", "{:.1f}", "wall s")]
 
 
 def write_json(path: Path, result: dict) -> None:

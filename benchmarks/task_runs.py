@@ -14,13 +14,15 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from benchmarks.tables import publish, write_json
+from benchmarks.tables import format_table, key, publish, write_json
 from benchmarks.timing import Stopwatch, machine
 from gensynth_pl.cli import CONF_DIR
 from gensynth_pl.pipeline import synthesize
 
 EXPERIMENTS = {"segmentation": "camvid_cpu", "detection": "pennfudan_cpu"}
-HEADERS = ("task", "network", "metric", "value", "params", "MACs", "MACs x", "NetScore", "cycle", "wall s")
+RUN_COLUMNS = [key("task"), key("network"), key("monitor", header="metric"), key("metric", "{:.4f}", "value"), key("params", "{:,}"),
+               key("macs", "{:,}", "MACs"), key("mac_reduction", "{:.2f}", "MACs x"), key("netscore", "{:.2f}", "NetScore"),
+               key("cycle"), key("wall_s", "{:.0f}", "wall s")]
 
 
 def overrides(task: str, args: argparse.Namespace) -> list[str]:
@@ -55,15 +57,12 @@ def run_task(task: str, args: argparse.Namespace) -> dict:
 
 
 def format_runs(runs: list[dict]) -> str:
-    lines = [" | ".join(HEADERS)]
-    for run in runs:
-        for name, row in (("prototype", run["prototype"]), ("best", run["best"])):
-            cycle = run["best_cycle"] if name == "best" else 0
-            cells = (run["task"], name, run["monitor"], f"{row['metric']:.4f}", f"{row['params']:,}", f"{row['macs']:,}",
-                     f"{run['prototype']['macs'] / row['macs']:.2f}", f"{row['netscore']:.2f}", str(cycle),
-                     f"{run['wall_s']:.0f}" if name == "best" else "")
-            lines.append(" | ".join(cells))
-    return "\n".join(lines)
+    """φ and the best network of each task, one row each."""
+    rows = [{**row, "task": run["task"], "network": name, "monitor": run["monitor"],
+             "mac_reduction": run["prototype"]["macs"] / row["macs"], "cycle": run["best_cycle"] if name == "best" else 0,
+             "wall_s": run["wall_s"] if name == "best" else None}
+            for run in runs for name, row in (("prototype", run["prototype"]), ("best", run["best"]))]
+    return format_table(rows, RUN_COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> dict:

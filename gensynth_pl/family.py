@@ -11,16 +11,13 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import torch
 from torch import nn
 
 from gensynth_pl.data.common import has_test_split
-from gensynth_pl.distillation import Distiller
 from gensynth_pl.export import export_onnx, save_network
 from gensynth_pl.gates import Gate
 from gensynth_pl.generator import Generator
@@ -28,7 +25,7 @@ from gensynth_pl.graph import Architecture, NetworkGraph
 from gensynth_pl.inquisitor import Inquisitor
 from gensynth_pl.latency import measure_latency
 from gensynth_pl.metrics import NetworkReport, count_macs, count_params, macs_per_module
-from gensynth_pl.module import SchedulerFactory, SynthesisModule, scale_learning_rate, sgd
+from gensynth_pl.module import Recipe
 from gensynth_pl.report import family_plot
 from gensynth_pl.rundir import ONNX_FILE, write_text_atomic
 
@@ -156,18 +153,6 @@ class FamilySettings:
     temperature: float = 1.0
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """How members are fine-tuned: the run's optimizer and per-phase scheduler, at its fine-tuning rate, learning
-    from φ as its candidates did."""
-
-    optimizer: Callable[..., torch.optim.Optimizer] | None = None
-    scheduler: SchedulerFactory | None = None
-    finetune_lr_scale: float = 0.2
-    distill_weight: float = 1.0
-    distill_temperature: float = 4.0
-
-
 FAMILY_COLUMNS = ("name", "target", "reached", "macs", "params", "metric", "test_metric", "netscore", "gate_passed", "latency_ms")
 
 
@@ -226,20 +211,13 @@ def _finish(member: Member, epochs: int, generator: Generator, gate: Gate, datam
     """Fine-tune ``epochs`` (learning from φ), validate, gate, test, time and save one member."""
     print(f"[family] {member.name}: built at {member.cost:,} (target {member.target:,}), fine-tuning {epochs} epochs",
           flush=True)
-    optimizer = recipe.optimizer or sgd
-    module = SynthesisModule(member.network, task, lambda p: scale_learning_rate(optimizer(p), recipe.finetune_lr_scale),
-                             recipe.scheduler)
-    distilling = None
-    if recipe.distill_weight > 0 and epochs > 0:
-        distiller = Distiller(generator.prototype, module.distillation_loss, recipe.distill_weight, recipe.distill_temperature)
-        distilling = distiller.attach(member.network)
+    module = recipe.module(member.network, task)
     defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, num_sanity_val_steps=0)
     trainer = L.Trainer(max_epochs=epochs, **{**defaults, **(trainer_kwargs or {})})
     if epochs > 0:
-        trainer.fit(module, datamodule=datamodule)
-    if distilling is not None:
-        distilling.remove()
+        with recipe.distilling(generator.prototype, module):
+            trainer.fit(module, datamodule=datamodule)
     metric = float(trainer.validate(module, datamodule=datamodule, verbose=False)[0][gate.monitor])
     test = None
     if has_test_split(datamodule):

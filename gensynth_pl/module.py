@@ -1,7 +1,9 @@
 """The LightningModule that wraps a generated network; the synthesis callback swaps ``net`` each cycle."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import lightning as L
@@ -9,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
-from gensynth_pl.distillation import soft_target_loss
+from gensynth_pl.distillation import Distiller, soft_target_loss
 from gensynth_pl.schedule import training_phase
 
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
@@ -45,6 +47,36 @@ def cosine_per_phase(optimizer: torch.optim.Optimizer, steps: int) -> torch.opti
     """Cosine decay to zero over one phase: every generated network gets a full fine-tuning schedule of its own
     instead of inheriting the tail of a run-long one."""
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a network is trained after φ: the run's optimizer and per-phase scheduler at its fine-tuning rate,
+    learning from φ as the run's candidates did. The family and the benchmarks train with it."""
+
+    optimizer: Callable[..., torch.optim.Optimizer] | None = None
+    scheduler: SchedulerFactory | None = None
+    finetune_lr_scale: float = 0.2
+    distill_weight: float = 1.0
+    distill_temperature: float = 4.0
+
+    def module(self, network: nn.Module, task: Task, fine_tuning: bool = True) -> "SynthesisModule":
+        """``network`` wrapped for training: at the fine-tuning rate, or at φ's rate (``fine_tuning`` False)."""
+        optimizer, scale = self.optimizer or sgd, self.finetune_lr_scale if fine_tuning else 1.0
+        return SynthesisModule(network, task, lambda params: scale_learning_rate(optimizer(params), scale), self.scheduler)
+
+    @contextmanager
+    def distilling(self, teacher: nn.Module | None, module: "SynthesisModule") -> Iterator[None]:
+        """Within the block, ``module``'s network learns from ``teacher`` too (not when None or the weight is 0)."""
+        if teacher is None or self.distill_weight == 0:
+            yield
+            return
+        distiller = Distiller(teacher, module.distillation_loss, self.distill_weight, self.distill_temperature)
+        handle = distiller.attach(module.net)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 class SynthesisModule(L.LightningModule):
