@@ -1,6 +1,7 @@
 """Smoke runs of every benchmark on generated data, checking the numbers they report."""
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -99,6 +100,20 @@ def test_inference_speed_measures_the_lineage_against_the_prototype(quality, tmp
             assert speedup == pytest.approx(rows[0]["latency_ms"][setting] / row["latency_ms"][setting])
             assert row["speedup_per_mac_reduction"][setting] == pytest.approx(speedup / row["mac_reduction"])
     assert math.isclose(rows[0]["speedup"]["pytorch_b64"], 1.0)
+
+
+def test_resumed_quality_run_measures_only_the_rows_it_lacks(quality, tmp_path):
+    output, result = quality
+    shutil.copytree(output.with_suffix(""), tmp_path / "moved")
+    interrupted = {**json.loads(output.read_text()), "rows": result["rows"][:-2]}  # stopped after width_scaled
+    (tmp_path / "moved.json").write_text(json.dumps(interrupted))
+    with pytest.raises(ValueError, match="other settings"):
+        synthesis_quality.main([*TINY, "gate.threshold=0.5", "--output", str(tmp_path / "moved.json"), "--resume"])
+    resumed = synthesis_quality.main([*TINY, "--output", str(tmp_path / "moved.json"), "--resume"])
+    assert resumed["rows"][:-2] == result["rows"][:-2]  # kept as measured, not run again
+    assert [row["method"] for row in resumed["rows"][-2:]] == ["width_scaled_kd", "modelpruning_l1"]
+    for new, first in zip(resumed["rows"][-2:], result["rows"][-2:]):
+        assert new["macs"] == first["macs"] and new["val_acc"] == pytest.approx(first["val_acc"], abs=0.05)
 
 
 def test_gpu_scale_runs_end_to_end_on_cpu_with_a_matched_mobilenet(tmp_path):

@@ -122,7 +122,7 @@ def test_generate_and_export_clis_on_a_finished_run(tmp_path):
         assert abs(row["macs"] / (fraction * prototype) - 1) <= 0.05
 
     exported = subprocess.run(
-        [str(BIN / "gensynth-export"), f"network_dir={tmp_path / 'gen' / 'variation_2'}", "batch_sizes=[1,8]", "repeats=3"],
+        [str(BIN / "gensynth-export"), f"network_dir={tmp_path / 'gen' / 'variation_2'}", "batch_sizes=[1,8]", "repeats=3", "threads=1"],
         capture_output=True, text=True, timeout=600,
     )
     assert exported.returncode == 0, exported.stderr[-3000:]
