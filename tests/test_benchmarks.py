@@ -146,4 +146,4 @@ def test_task_runs_compare_segmentation_and_detection_prototypes_with_their_best
         assert run["best"]["macs"] < run["prototype"]["macs"] and run["best_cycle"] == 1 and run["cycles_accepted"] == 1
         assert run["best"]["netscore"] == pytest.approx(netscore(run["best"]["metric"], run["best"]["params"], run["best"]["macs"]))
     assert json.loads((tmp_path / "tasks.json").read_text())["table"] == result["table"]
-    assert len(result["table"].splitlines()) == 5
+    assert len(result["table"].splitlines()) == 6  # header, rule, prototype and best of each task
