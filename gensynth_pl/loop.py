@@ -399,11 +399,14 @@ class SynthesisLoop:
             self._log(f"cycle {cycle}: non-finite training loss; candidate rejected, generator rolled back")
         return entry
 
-    def _judge(self, network: nn.Module, metrics: dict[str, float]) -> tuple[NetworkReport, list[Verdict]]:
+    def _judge(
+        self, network: nn.Module, metrics: dict[str, float], costs: dict[str, float] | None = None
+    ) -> tuple[NetworkReport, list[Verdict]]:
         """The network's report: size, cost, metric, and every condition's verdict (gate_passed: all of them, as
-        every process agrees)."""
+        every process agrees). ``costs``: the budgets' values when already known (the same architecture)."""
         report = self._measure(network, metrics[self.gate.monitor], False)
-        costs = self.requirements.costs(network, self.input_shape, report.macs, report.params)
+        if costs is None:
+            costs = self.requirements.costs(network, self.input_shape, report.macs, report.params)
         verdicts = self.requirements.verdicts(metrics, costs)
         passed = self.collective.all_agree(all(v.passed for v in verdicts))
         conditions = {v.name: v.to_dict() for v in verdicts} if len(verdicts) > 1 else None
@@ -439,11 +442,14 @@ class SynthesisLoop:
         return copy.deepcopy(self.leader.network)
 
     def conclude_polish(self, network: nn.Module, metrics: dict[str, float]) -> PolishEntry:
-        """The polished leader meeting every condition is the answer (unless a network that does too ranks higher);
-        otherwise the run keeps the best network so far, and says so."""
+        """The polished leader is the answer when it ranks at least as high as the best network so far: it meets
+        every condition, or none does and it is the closest; otherwise the run keeps that network, and says so.
+        Its budgets are the leader's (the same architecture: a latency is not re-measured, so noise cannot rank
+        the polished network below its own unpolished self)."""
         leader = self.leader
-        after, _ = self._judge(network, metrics)
-        accepted = after.gate_passed and _rank(after) >= _rank(self.best.report)
+        budgets = {name: v["value"] for name, v in (leader.report.conditions or {}).items() if name in BUDGETS}
+        after, _ = self._judge(network, metrics, budgets)
+        accepted = _rank(after) >= _rank(self.best.report)
         entry = PolishEntry(leader.cycle, len(self._phase_metrics), leader.report, after, accepted,
                             round(time.monotonic() - self._phase_started, 2))
         self.record.polish = entry

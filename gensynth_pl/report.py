@@ -54,7 +54,8 @@ def polish_line(entry: PolishEntry, gate: str, best_cycle: int, best: NetworkRep
     line = (f"polish: cycle {entry.cycle}'s network ({_si(entry.after.macs)} MACs) fine-tuned {entry.epochs} more epochs: "
             f"{entry.before.metric:.4f} -> {entry.after.metric:.4f}, gate {gate} ")
     if entry.accepted:
-        return line + "passed: the run's answer"
+        return line + ("passed: the run's answer" if entry.after.gate_passed else "FAILED, but no network meets every "
+                       "condition and this one comes closest: kept as the answer")
     verdict = "passed" if entry.after.gate_passed else "FAILED"
     return line + f"{verdict}; the answer stays cycle {best_cycle}'s network ({_si(best.macs)} MACs, {best.metric:.4f})"
 

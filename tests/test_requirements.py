@@ -9,7 +9,7 @@ from gensynth_pl.costs import LatencyCosts
 from gensynth_pl.gates import Requirements
 from gensynth_pl.latency import LatencyMeter, LatencyModel
 from gensynth_pl.models import cifar_resnet
-from gensynth_pl.report import final_summary
+from gensynth_pl.report import final_summary, polish_line
 
 from conftest import TINY_SHAPE
 
@@ -50,6 +50,18 @@ def test_a_candidate_that_meets_the_metrics_but_not_a_budget_is_kept_going_and_n
     loop.trace(prototype, TINY_SHAPE)
     run(loop, prototype, [scores, failing])
     assert not loop.record.cycles[0].accepted and loop.record.cycles[0].report.conditions["val/acc_macro"]["passed"] is False
+
+
+def test_when_no_network_meets_a_budget_the_polished_leader_is_kept_as_the_closest(prototype):
+    loop = SynthesisLoop(Requirements("val/acc", 0.05, max_macs=0.15), Schedule(1, 1, 1, 0.2, polish_epochs=1),
+                         inquisitor=Inquisitor(step=0.2, max_step=0.3), channel_multiple=1, log=lambda text: None,
+                         distill_weight=0.0)
+    loop.trace(prototype, TINY_SHAPE)
+    run(loop, prototype, [{"val/acc": 0.80}, {"val/acc": 0.78}, {"val/acc": 0.84}])
+    polish, best = loop.record.polish, loop.record.best
+    assert not best.gate_passed and best.conditions["macs"]["passed"] is False  # one cycle cannot reach 15% of φ
+    assert polish.accepted and best.metric == pytest.approx(0.84) and best.macs == polish.before.macs
+    assert "comes closest: kept as the answer" in polish_line(polish, "", loop.record.best_cycle, best)
 
 
 def test_an_unmet_budget_keeps_the_compression_going_until_it_holds(prototype):
