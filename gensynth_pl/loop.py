@@ -495,8 +495,11 @@ class SynthesisLoop:
         return candidate
 
     def _step(self) -> float:
-        """The inquisitor's step, or more while a budget is unmet: what reaching it in the cycles left needs."""
+        """The inquisitor's step, or more while a budget is unmet: what reaching it in the cycles left needs; but
+        after a rejection the halved step stands (a forced cut as deep as the one that just failed fails too)."""
         step, schedule = self.inquisitor.step, self.schedule
+        if self.record.cycles and not self.record.cycles[-1].accepted:
+            return step
         left = max(1, (schedule.cycle_budget - schedule.cycle_epochs_used) // schedule.epochs_per_cycle)
         for name, bound in self.requirements.bounds.items():
             value = self._parent_values.get(name)

@@ -71,6 +71,12 @@ def test_an_unmet_budget_keeps_the_compression_going_until_it_holds(prototype):
     macs = [c.report.macs for c in loop.record.cycles]
     assert macs == sorted(macs, reverse=True) and loop.record.best.gate_passed  # every cycle cut, the last meets it
     assert loop.record.best.macs <= 0.15 * loop.record.prototype.macs
+    loop = make_loop(Requirements("val/acc", 0.05, max_macs=0.15), cycles=3)
+    loop.trace(prototype, TINY_SHAPE)
+    run(loop, prototype, [{"val/acc": 0.8}, {"val/acc": 0.5}])  # the first candidate fails the gate
+    assert not loop.record.cycles[0].accepted and loop._step() == loop.inquisitor.step  # no forced cut after a failure
+    loop.record.cycles[0].accepted = True
+    assert loop._step() > loop.inquisitor.step  # after a pass the unmet budget forces a deeper cut
 
 
 def test_budgets_no_network_can_meet_and_unknown_runtimes_fail_before_training(prototype):
