@@ -49,14 +49,17 @@ def lineage_networks(run_dir: Path) -> tuple[list[tuple[str, nn.Module]], tuple[
     return networks, generator.input_shape
 
 
-def measure(networks: list[tuple[str, nn.Module]], input_shape: tuple[int, ...], repeats: int, rounds: int) -> list[dict]:
+def measure(
+    networks: list[tuple[str, nn.Module]], input_shape: tuple[int, ...], repeats: int, rounds: int,
+    threads: int | None = None,
+) -> list[dict]:
     """One row per network: MACs, latency per setting, and speed-up and MAC reduction against the first network."""
     with tempfile.TemporaryDirectory() as tmp:
         paths = [export_onnx(network, input_shape, Path(tmp) / f"{i}.onnx") for i, (_, network) in enumerate(networks)]
         samples: list[dict[str, list[float]]] = [{s: [] for s in SETTINGS} for _ in networks]
         for _ in range(rounds):
             for (_, network), path, sample in zip(networks, paths, samples):
-                for r in measure_latency(network, path, input_shape, (1, 64), repeats=repeats):
+                for r in measure_latency(network, path, input_shape, (1, 64), repeats=repeats, threads=threads):
                     sample[f"{r['runtime']}_b{r['batch']}"].append(r["median_ms"])
     rows = []
     for (name, network), sample in zip(networks, samples):
@@ -90,11 +93,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("run_dir", type=Path, help="a synthesis run directory (generator.pt, best/)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median)")
     p.add_argument("--rounds", type=int, default=3, help="round-robin passes over all networks (median)")
+    p.add_argument("--threads", type=int, help="intra-op threads, e.g. 1 as a latency budget measures (default: each runtime's)")
     p.add_argument("--output", type=Path, default=Path("outputs/benchmarks/inference_speed.json"))
     args = p.parse_args(argv)
     networks, input_shape = lineage_networks(args.run_dir)
-    rows = measure(networks, input_shape, args.repeats, args.rounds)
-    result = {"run_dir": str(args.run_dir), "machine": machine(), "repeats": args.repeats, "rounds": args.rounds,
+    rows = measure(networks, input_shape, args.repeats, args.rounds, args.threads)
+    result = {"run_dir": str(args.run_dir), "machine": machine(), "repeats": args.repeats, "rounds": args.rounds, "threads": args.threads,
               "rows": rows, "table": format_speed(rows)}
     return publish(args.output, result)
 
