@@ -38,7 +38,8 @@ class GenerativeSynthesis(Callback):
     ``min_channels`` of every group, widths rounded to multiples of ``channel_multiple`` (at most a quarter of
     the group's width; 1: exact). Judging: ``recovery_allowance``, ``early_reject_margin`` (see SynthesisLoop).
     Every candidate and the polish learn from φ's outputs with weight ``distill_weight`` (0: off) at temperature
-    ``distill_temperature``, through the module's ``distillation_loss`` (a module can set it to None to opt out).
+    ``distill_temperature``, on every ``distill_every``-th batch, through the module's ``distillation_loss`` (a module
+    can set it to None to opt out).
     ``gate``: a Gate or Requirements (several metric gates, MAC/param/latency budgets); ``cost``: ``macs`` or
     ``latency``, what a channel costs in the inquisitor's ranking.
     Output layers and removable blocks default to what the prototype declares (or tracing finds). The monitored
@@ -64,6 +65,7 @@ class GenerativeSynthesis(Callback):
         early_reject_margin: float | None = 0.02,
         distill_weight: float = 1.0,
         distill_temperature: float = 4.0,
+        distill_every: int = 1,
         cost: str = "macs",
         network_attr: str = "net",
         inquisitor: Inquisitor | None = None,
@@ -82,7 +84,7 @@ class GenerativeSynthesis(Callback):
         self.loop = SynthesisLoop(
             gate, self.schedule, inquisitor, seed, temperature, min_channels, channel_multiple, probe_batches,
             netscore_units, prototype_config, task_name, output_dir, export_onnx, recovery_allowance,
-            early_reject_margin, distill_weight, distill_temperature, cost,
+            early_reject_margin, distill_weight, distill_temperature, distill_every, cost,
         )
         self.network_attr = network_attr
         self.input_shape = tuple(input_shape) if input_shape else None

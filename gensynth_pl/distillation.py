@@ -13,6 +13,7 @@ coverage and box maps for detection), else the soft-target loss on dim 1. A modu
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -55,18 +56,27 @@ class _AddDistillationGradient(torch.autograd.Function):
 class Distiller:
     """The teacher and the loss; ``attach`` distils into one network until the returned handle is removed."""
 
-    def __init__(self, teacher: nn.Module, loss: DistillationLoss, weight: float = 1.0, temperature: float = 4.0) -> None:
+    def __init__(self, teacher: nn.Module, loss: DistillationLoss, weight: float = 1.0, temperature: float = 4.0,
+                 every: int = 1) -> None:
         if weight < 0 or temperature <= 0:
             raise ValueError(f"synthesis.distill_weight={weight} must be >= 0 and distill_temperature={temperature} > 0")
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"synthesis.distill_every={every!r} is invalid: it must be an integer >= 1 (1: every batch)")
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
-        self.loss, self.weight, self.temperature = loss, weight, temperature
+        self.loss, self.weight, self.temperature, self.every = loss, weight, temperature, every
 
     def _weighted_loss(self, student: Tensor, teacher: Tensor) -> Tensor:
-        return self.weight * self.loss(student, teacher, self.temperature)
+        """Weighted ``every`` times on the batches it runs on: on average the distillation weighs ``weight``."""
+        return self.weight * self.every * self.loss(student, teacher, self.temperature)
 
     def attach(self, network: nn.Module) -> RemovableHandle:
+        """The teacher runs on every ``every``-th training batch (counted from the attachment), the only ones distilled."""
+        batches = itertools.count()
+
         def hook(module: nn.Module, inputs: tuple, output) -> Tensor | None:
             if not (module.training and torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad):
+                return None
+            if next(batches) % self.every:
                 return None
             with timed("distill"), torch.no_grad():
                 target = self.teacher.to(output.device)(*inputs)

@@ -95,7 +95,8 @@ class SynthesisLoop:
     ``recovery_allowance`` scales the measured recovery into the allowance (0: every candidate must pass the real
     bound); ``early_reject_margin``: a candidate whose first-epoch metric, plus the recovery this run measured,
     stays more than this below the allowed bound is rejected after that epoch (None: never); ``distill_weight``
-    and ``distill_temperature``: distillation from φ into every candidate and the polish (weight 0: off).
+    and ``distill_temperature``: distillation from φ into every candidate and the polish (weight 0: off), on every
+    ``distill_every``-th batch (weighted that many times: fewer teacher passes, the same weight on average).
 
     ``gate`` is a ``Gate`` or ``Requirements`` (metric gates and budgets): candidates are accepted on the metric
     gates, while a budget the run has not met yet keeps the compression going (each step is at least what reaching
@@ -123,6 +124,7 @@ class SynthesisLoop:
         early_reject_margin: float | None = 0.02,
         distill_weight: float = 1.0,
         distill_temperature: float = 4.0,
+        distill_every: int = 1,
         cost: str = "macs",
         log: Callable[[str], None] = print,
         collective: Collective | None = None,
@@ -131,7 +133,8 @@ class SynthesisLoop:
             raise ValueError(f"synthesis.temperature={temperature} must be > 0")
         if not 0 < min_channels <= 1:
             raise ValueError(f"synthesis.min_channels={min_channels} must be a fraction in (0, 1]")
-        for name, value in (("channel_multiple", channel_multiple), ("probe_batches", probe_batches)):
+        for name, value in (("channel_multiple", channel_multiple), ("probe_batches", probe_batches),
+                            ("distill_every", distill_every)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"synthesis.{name}={value!r} is invalid: it must be an integer >= 1")
         if recovery_allowance < 0 or (early_reject_margin is not None and early_reject_margin < 0):
@@ -154,7 +157,7 @@ class SynthesisLoop:
         self.run_dir = RunDirectory(output_dir) if output_dir is not None else None
         self.export_onnx, self.log = export_onnx, log
         self.recovery_allowance, self.early_reject_margin = recovery_allowance, early_reject_margin
-        self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
+        self.distill_weight, self.distill_temperature, self.distill_every = distill_weight, distill_temperature, distill_every
         self.distillation_loss: DistillationLoss | None = soft_target_loss  # None: the trained module opts out
         self.collective = collective or SingleProcess()
         self.record = SynthesisRecord(task=task_name, gate=self.requirements.to_dict())
@@ -339,9 +342,7 @@ class SynthesisLoop:
         self.record.prototype = report
         self._set_best(Choice(self.generator.parent_arch, self.generator.parent, report, 0))
         self._parent_values = {v.name: v.value for v in verdicts if v.budget}
-        if self.distill_weight > 0 and self.distillation_loss is not None:
-            self._distiller = Distiller(self.generator.prototype, self.distillation_loss, self.distill_weight,
-                                        self.distill_temperature)
+        self._distiller = self._new_distiller()
         failing = [v.describe() for v in verdicts if not v.passed and not v.budget]
         if failing and self.collective.is_main:
             warnings.warn(
@@ -522,6 +523,13 @@ class SynthesisLoop:
                 return arch, seed, redraws  # nothing left to cut at the largest step: the parent is trained again
             self.generator.update(self.inquisitor.propose(self.generator, macs, self._parent_cost, self.aim, step=self._step()))
 
+    def _new_distiller(self) -> Distiller | None:
+        """φ as the teacher of every candidate and the polish (None: distillation off, or the module opts out)."""
+        if self.distill_weight == 0 or self.distillation_loss is None:
+            return None
+        return Distiller(self.generator.prototype, self.distillation_loss, self.distill_weight, self.distill_temperature,
+                         self.distill_every)
+
     def _start_distilling(self, network: nn.Module) -> None:
         if self._distiller is not None:
             self._distilling = self._distiller.attach(network)
@@ -634,9 +642,7 @@ class SynthesisLoop:
         self.aim = state["aim"]
         self.best = self._choice(state["best"])
         self.leader = None if state["leader"] is None else self._choice(state["leader"])
-        if self.distill_weight > 0 and self.distillation_loss is not None:
-            self._distiller = Distiller(self.generator.prototype, self.distillation_loss, self.distill_weight,
-                                        self.distill_temperature)
+        self._distiller = self._new_distiller()
         if not state["candidate"]:
             return None
         self.candidate_arch = Architecture.from_dict(state["candidate"])

@@ -59,6 +59,7 @@ class Recipe:
     finetune_lr_scale: float = 0.2
     distill_weight: float = 1.0
     distill_temperature: float = 4.0
+    distill_every: int = 1
 
     def module(self, network: nn.Module, task: Task, fine_tuning: bool = True) -> "SynthesisModule":
         """``network`` wrapped for training: at the fine-tuning rate, or at φ's rate (``fine_tuning`` False)."""
@@ -71,7 +72,8 @@ class Recipe:
         if teacher is None or self.distill_weight == 0:
             yield
             return
-        distiller = Distiller(teacher, module.distillation_loss, self.distill_weight, self.distill_temperature)
+        distiller = Distiller(teacher, module.distillation_loss, self.distill_weight, self.distill_temperature,
+                              self.distill_every)
         handle = distiller.attach(module.net)
         try:
             yield

@@ -26,7 +26,7 @@ def recipe(cfg: DictConfig) -> Recipe:
     """How a run fine-tunes networks from its generator: its optimizer, scheduler, rate and distillation."""
     s = cfg.synthesis
     return Recipe(**optimization(cfg), finetune_lr_scale=s.finetune_lr_scale, distill_weight=s.distill_weight,
-                  distill_temperature=s.distill_temperature)
+                  distill_temperature=s.distill_temperature, distill_every=s.distill_every)
 
 
 def load_weights(network: torch.nn.Module, path: str) -> None:

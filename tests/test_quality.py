@@ -100,6 +100,35 @@ def test_distillation_adds_exactly_the_gradient_of_the_weighted_soft_target_loss
     assert torch.equal(student(x), student(x))  # evaluation runs no teacher and adds nothing
 
 
+def test_distilling_every_second_batch_runs_the_teacher_half_as_often_at_twice_the_weight():
+    teacher = cifar_resnet(depth=8, width=8, num_classes=4).eval()
+    student = cifar_resnet(depth=8, width=8, num_classes=4).train()
+    distiller = Distiller(teacher, soft_target_loss, weight=0.7, temperature=3.0, every=2)
+    teacher_passes = []
+    distiller.teacher.register_forward_hook(lambda *args: teacher_passes.append(1))
+    handle = distiller.attach(student)
+    x, y = torch.randn(8, *TINY_SHAPE), torch.randint(0, 4, (8,))
+    gradients = []
+    for _ in range(4):
+        student.zero_grad()
+        F.cross_entropy(student(x), y).backward()
+        gradients.append([p.grad.clone() for p in student.parameters()])
+    handle.remove()
+    assert len(teacher_passes) == 2
+    student.zero_grad()
+    outputs = student(x)
+    F.cross_entropy(outputs, y).backward()
+    plain = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad()
+    outputs = student(x)
+    (F.cross_entropy(outputs, y) + 1.4 * soft_target_loss(outputs, distiller.teacher(x), 3.0)).backward()
+    doubled = [p.grad.clone() for p in student.parameters()]
+    for step, expected in enumerate([doubled, plain, doubled, plain]):
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(gradients[step], expected))
+    with pytest.raises(ValueError, match="distill_every=0"):
+        Distiller(teacher, soft_target_loss, every=0)
+
+
 def _fit(network: nn.Module, data, lr: float, epochs: int) -> None:
     """Plain cross-entropy training (a distillation hook on ``network`` adds its gradient)."""
     optimizer = torch.optim.SGD(network.parameters(), lr=lr, momentum=0.9)
