@@ -53,15 +53,20 @@ class _AddDistillationGradient(torch.autograd.Function):
         return grad + extra, None, None
 
 
+def check_distillation_settings(weight: float, temperature: float, every: int) -> None:
+    """The one check of the distillation settings: the synthesis runs it before φ trains, a Distiller when built."""
+    if weight < 0 or temperature <= 0:
+        raise ValueError(f"synthesis.distill_weight={weight} must be >= 0 (0: off) and distill_temperature={temperature} > 0")
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"synthesis.distill_every={every!r} is invalid: it must be an integer >= 1 (1: every batch)")
+
+
 class Distiller:
     """The teacher and the loss; ``attach`` distils into one network until the returned handle is removed."""
 
     def __init__(self, teacher: nn.Module, loss: DistillationLoss, weight: float = 1.0, temperature: float = 4.0,
                  every: int = 1) -> None:
-        if weight < 0 or temperature <= 0:
-            raise ValueError(f"synthesis.distill_weight={weight} must be >= 0 and distill_temperature={temperature} > 0")
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"synthesis.distill_every={every!r} is invalid: it must be an integer >= 1 (1: every batch)")
+        check_distillation_settings(weight, temperature, every)
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
         self.loss, self.weight, self.temperature, self.every = loss, weight, temperature, every
 

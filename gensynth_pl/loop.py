@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from gensynth_pl.distillation import DistillationLoss, Distiller, soft_target_loss
+from gensynth_pl.distillation import DistillationLoss, Distiller, check_distillation_settings, soft_target_loss
 from gensynth_pl.export import export_onnx, save_network
 from gensynth_pl.costs import COSTS, LatencyCosts
 from gensynth_pl.gates import BUDGETS, Gate, Requirements, Verdict
@@ -133,8 +133,7 @@ class SynthesisLoop:
             raise ValueError(f"synthesis.temperature={temperature} must be > 0")
         if not 0 < min_channels <= 1:
             raise ValueError(f"synthesis.min_channels={min_channels} must be a fraction in (0, 1]")
-        for name, value in (("channel_multiple", channel_multiple), ("probe_batches", probe_batches),
-                            ("distill_every", distill_every)):
+        for name, value in (("channel_multiple", channel_multiple), ("probe_batches", probe_batches)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"synthesis.{name}={value!r} is invalid: it must be an integer >= 1")
         if recovery_allowance < 0 or (early_reject_margin is not None and early_reject_margin < 0):
@@ -142,10 +141,7 @@ class SynthesisLoop:
                 f"synthesis.recovery_allowance={recovery_allowance} and synthesis.early_reject_margin={early_reject_margin} "
                 "must be >= 0 (early_reject_margin=null: never reject early)"
             )
-        if distill_weight < 0 or distill_temperature <= 0:
-            raise ValueError(
-                f"synthesis.distill_weight={distill_weight} must be >= 0 (0: off) and distill_temperature={distill_temperature} > 0"
-            )
+        check_distillation_settings(distill_weight, distill_temperature, distill_every)
         if cost not in COSTS:
             raise ValueError(f"synthesis.cost={cost!r} is unknown; choose one of {COSTS}")
         self.requirements = Requirements.of(gate)

@@ -127,6 +127,8 @@ def test_distilling_every_second_batch_runs_the_teacher_half_as_often_at_twice_t
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(gradients[step], expected))
     with pytest.raises(ValueError, match="distill_every=0"):
         Distiller(teacher, soft_target_loss, every=0)
+    with pytest.raises(ValueError, match="distill_every=0"):  # before φ trains, not after
+        SynthesisLoop(Gate(), Schedule(1, 1, 1, 0.2), distill_every=0)
 
 
 def _fit(network: nn.Module, data, lr: float, epochs: int) -> None:
