@@ -221,9 +221,9 @@ def _synthesis_rows(cfg: DictConfig, output_json: Path, latency_repeats: int, pr
     torch.save(run.prototype.state_dict(), output_json.with_suffix("") / PROTOTYPE_WEIGHTS)
     rows.add("prototype", run.prototype, record.prototype.metric, test_of(record.prototype), run.prototype_seconds,
              epochs=prototype_epochs, weights=cfg.get("prototype_weights"))
-    rows.add("gensynth", run.synthesis.loop.best_network, record.best.metric, test_of(record.best), run.synthesis_seconds,
+    rows.add("gensynth", run.synthesis.loop.best.network, record.best.metric, test_of(record.best), run.synthesis_seconds,
              epochs=run.synthesis.schedule.epochs_after_prototype, best_cycle=record.best_cycle,
-             gate_passed=record.best.gate_passed, gate_bound=record.gate["threshold"])
+             gate_passed=record.best.gate_passed, gate_bound=record.gate["bound"])
     return rows
 
 

@@ -18,6 +18,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
 from gensynth_pl.data.common import has_test_split
+from gensynth_pl.costs import CostFactory
 from gensynth_pl.distillation import module_distillation_loss
 from gensynth_pl.family import FamilySettings
 from gensynth_pl.gates import Gate, Requirements
@@ -25,6 +26,7 @@ from gensynth_pl.inquisitor import Inquisitor, Probe
 from gensynth_pl.loop import SynthesisLoop
 from gensynth_pl.metrics import NetScoreUnits
 from gensynth_pl.schedule import Schedule
+from gensynth_pl.settings import DEFAULTS, SynthesisSettings
 
 
 class GenerativeSynthesis(Callback):
@@ -36,12 +38,12 @@ class GenerativeSynthesis(Callback):
     (a candidate rejected early frees the rest of its epochs). The inquisitor probes the first ``probe_batches``
     batches of each phase's last epoch. Generator: each sample (``seed``, ``temperature``) keeps at least
     ``min_channels`` of every group, widths rounded to multiples of ``channel_multiple`` (at most a quarter of
-    the group's width; 1: exact). Judging: ``recovery_allowance``, ``early_reject_margin`` (see SynthesisLoop).
+    the group's width; 1: exact). Judging: ``recovery_allowance``, ``early_reject_margin`` (see Referee).
     Every candidate and the polish learn from φ's outputs with weight ``distill_weight`` (0: off) at temperature
     ``distill_temperature``, on every ``distill_every``-th batch, through the module's ``distillation_loss`` (a module
     can set it to None to opt out).
-    ``gate``: a Gate or Requirements (several metric gates, MAC/param/latency budgets); ``cost``: ``macs`` or
-    ``latency``, what a channel costs in the inquisitor's ranking.
+    ``gate``: a Gate or Requirements (several metric gates, MAC/param/latency budgets); ``cost``: ``macs``,
+    ``latency`` or a cost factory (gensynth_pl.costs), what a channel costs in the inquisitor's ranking.
     Output layers and removable blocks default to what the prototype declares (or tracing finds). The monitored
     gate metric must be logged at the end of every validation epoch. With ``output_dir`` the run directory
     (summary.json, generator.pt, best/) is rewritten after every phase. ``family``: the networks for other
@@ -54,19 +56,19 @@ class GenerativeSynthesis(Callback):
         cycles: int = 8,
         epochs_per_cycle: int = 2,
         prototype_epochs: int = 8,
-        probe_batches: int = 16,
-        seed: int = 0,
-        temperature: float = 1.0,
-        min_channels: float = 0.1,
-        channel_multiple: int = 8,
+        probe_batches: int = DEFAULTS.probe_batches,
+        seed: int = DEFAULTS.seed,
+        temperature: float = DEFAULTS.temperature,
+        min_channels: float = DEFAULTS.min_channels,
+        channel_multiple: int = DEFAULTS.channel_multiple,
         finetune_lr_scale: float = 0.2,
         polish_epochs: int = 4,
-        recovery_allowance: float = 0.75,
-        early_reject_margin: float | None = 0.02,
-        distill_weight: float = 1.0,
-        distill_temperature: float = 4.0,
-        distill_every: int = 1,
-        cost: str = "macs",
+        recovery_allowance: float = DEFAULTS.recovery_allowance,
+        early_reject_margin: float | None = DEFAULTS.early_reject_margin,
+        distill_weight: float = DEFAULTS.distill_weight,
+        distill_temperature: float = DEFAULTS.distill_temperature,
+        distill_every: int = DEFAULTS.distill_every,
+        cost: str | CostFactory = DEFAULTS.cost,
         network_attr: str = "net",
         inquisitor: Inquisitor | None = None,
         input_shape: tuple[int, ...] | None = None,
@@ -75,17 +77,20 @@ class GenerativeSynthesis(Callback):
         prototype_config: dict | None = None,
         output_dir: str | None = None,
         task_name: str = "custom",
-        export_onnx: bool = True,
-        netscore_units: NetScoreUnits = NetScoreUnits(),
+        export_onnx: bool = DEFAULTS.export_onnx,
+        netscore_units: NetScoreUnits = DEFAULTS.netscore_units,
         progress_lines: bool | None = None,
         family: FamilySettings = FamilySettings(),
     ) -> None:
         self.schedule = Schedule(prototype_epochs, cycles, epochs_per_cycle, finetune_lr_scale, polish_epochs)
-        self.loop = SynthesisLoop(
-            gate, self.schedule, inquisitor, seed, temperature, min_channels, channel_multiple, probe_batches,
-            netscore_units, prototype_config, task_name, output_dir, export_onnx, recovery_allowance,
-            early_reject_margin, distill_weight, distill_temperature, distill_every, cost,
+        settings = SynthesisSettings(
+            seed=seed, temperature=temperature, min_channels=min_channels, channel_multiple=channel_multiple,
+            probe_batches=probe_batches, recovery_allowance=recovery_allowance, early_reject_margin=early_reject_margin,
+            distill_weight=distill_weight, distill_temperature=distill_temperature, distill_every=distill_every,
+            cost=cost, export_onnx=export_onnx, netscore_units=netscore_units,
         )
+        self.loop = SynthesisLoop(gate, self.schedule, settings, inquisitor=inquisitor, prototype_config=prototype_config,
+                                  task_name=task_name, output_dir=output_dir)
         self.network_attr = network_attr
         self.input_shape = tuple(input_shape) if input_shape else None
         self.output_layers, self.removable_blocks = output_layers, removable_blocks
@@ -168,7 +173,7 @@ class GenerativeSynthesis(Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, Tensor):
             self.loop.check_loss(loss.detach())
-        if self._probe is not None and batch_idx + 1 >= self.loop.probe_batches:
+        if self._probe is not None and batch_idx + 1 >= self.loop.settings.probe_batches:
             self._finish_probe()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

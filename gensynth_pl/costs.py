@@ -3,19 +3,21 @@
 ``synthesis.cost=macs`` counts each channel's share of its layers' MACs; ``synthesis.cost=latency`` uses a
 per-layer latency model measured on the target runtime (gensynth_pl.latency.LatencyModel), so the generator
 cuts where time goes, not only where MACs go. Both also give a network's total, in the same unit, which the
-loop uses to aim each candidate's cut at the step.
+proposer uses to aim each candidate's cut at the step. The choice is pluggable like the importance rule: a
+name from ``COSTS`` or a factory ``(prototype, CostContext) -> Costs``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from torch import nn
 
 from gensynth_pl.graph import PRUNABLE_TYPES, ChannelGroup
-from gensynth_pl.latency import LatencyModel
+from gensynth_pl.latency import LatencyMeter, LatencyModel
 from gensynth_pl.metrics import count_macs
-
-COSTS = ("macs", "latency")
 
 
 class Costs(Protocol):
@@ -81,3 +83,46 @@ def _width(module: nn.Module, out: bool) -> int:
     if isinstance(module, nn.Linear):
         return module.out_features if out else module.in_features
     return module.out_channels if out else module.in_channels
+
+
+@dataclass(frozen=True)
+class CostContext:
+    """What a cost factory may use: the input shape, the requirements' latency settings, where a measured model is
+    cached (None: nowhere) and whether this process writes it (one process of several does), and the run's log."""
+
+    input_shape: tuple[int, ...]
+    latency: LatencyMeter
+    cache: Path | None = None
+    writes_cache: bool = True
+    log: Callable[[str], None] = print
+
+
+CostFactory = Callable[[nn.Module, CostContext], Costs]
+
+
+def mac_costs(prototype: nn.Module, context: CostContext) -> MacCosts:
+    return MacCosts()
+
+
+def latency_costs(prototype: nn.Module, context: CostContext) -> LatencyCosts:
+    """A latency model of the prototype's layers: read from the cache when it was measured with these settings."""
+    model = LatencyModel.load(context.cache, context.latency) if context.cache is not None else None
+    if model is None:
+        model = LatencyModel.build(prototype, context.input_shape, context.latency, context.log)
+        if context.cache is not None and context.writes_cache:
+            model.save(context.cache)
+    return LatencyCosts(model)
+
+
+COSTS: dict[str, CostFactory] = {"macs": mac_costs, "latency": latency_costs}
+
+
+def resolve_costs(cost: str | CostFactory) -> CostFactory:
+    """A cost factory from its name (``COSTS``) or the factory itself."""
+    if isinstance(cost, str):
+        if cost not in COSTS:
+            raise ValueError(f"synthesis.cost={cost!r} is unknown; choose one of {sorted(COSTS)} or pass a factory")
+        return COSTS[cost]
+    if not callable(cost):
+        raise TypeError(f"synthesis.cost must be a cost name or a callable, got {type(cost).__name__}")
+    return cost

@@ -90,6 +90,30 @@ class Distiller:
         return network.register_forward_hook(hook)
 
 
+class Teaching:
+    """φ teaching one network at a time: ``start`` attaches the distiller to a network, ``stop`` removes it (before
+    the network is judged, copied or kept). Without a distiller (distillation off) both do nothing."""
+
+    def __init__(self, distiller: Distiller | None = None) -> None:
+        self.distiller = distiller
+        self._handle: RemovableHandle | None = None
+
+    @classmethod
+    def by(cls, teacher: nn.Module, loss: DistillationLoss | None, weight: float, temperature: float,
+           every: int) -> "Teaching":
+        """``teacher`` teaching with ``loss`` (None: the trained module opts out) at ``weight`` (0: off)."""
+        return cls(Distiller(teacher, loss, weight, temperature, every) if weight and loss is not None else None)
+
+    def start(self, network: nn.Module) -> None:
+        if self.distiller is not None:
+            self._handle = self.distiller.attach(network)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
 def module_distillation_loss(module: nn.Module) -> DistillationLoss | None:
     """The loss a module distils with: its own ``distillation_loss``, None if it opts out, else the soft-target loss."""
     if not hasattr(module, "distillation_loss"):

@@ -9,6 +9,7 @@ different networks of the same size, and a sample that repeats an earlier member
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 from dataclasses import dataclass
@@ -19,18 +20,20 @@ from torch import nn
 
 from gensynth_pl.data.common import has_test_split
 from gensynth_pl.export import export_onnx, save_network
-from gensynth_pl.gates import Gate
+from gensynth_pl.gates import Requirements
 from gensynth_pl.generator import Generator
 from gensynth_pl.graph import Architecture, NetworkGraph
 from gensynth_pl.inquisitor import Inquisitor
 from gensynth_pl.latency import measure_latency
-from gensynth_pl.metrics import NetworkReport, count_macs, count_params, macs_per_module
+from gensynth_pl.metrics import count_macs, count_params, macs_per_module
 from gensynth_pl.module import Recipe
+from gensynth_pl.proposer import aim_cut
+from gensynth_pl.referee import Referee
 from gensynth_pl.report import family_plot
 from gensynth_pl.rundir import ONNX_FILE, write_text_atomic
 
-BUDGETS = ("macs", "params")
-AIM_STEPS = 14  # bisection steps on the cut
+TARGET_UNITS = ("macs", "params")  # what a family target counts
+AIM_ATTEMPTS = 14  # proposals at most while aiming a member's cut at its target
 REDRAWS = 8  # seeds tried for a member that differs from the others
 
 
@@ -58,8 +61,8 @@ class FamilyBuilder:
         self, generator: Generator, inquisitor: Inquisitor, budget: str = "macs", tolerance: float = 0.05,
         temperature: float = 1.0,
     ) -> None:
-        if budget not in BUDGETS:
-            raise ValueError(f"family.budget={budget!r} must be one of {BUDGETS}")
+        if budget not in TARGET_UNITS:
+            raise ValueError(f"family.budget={budget!r} must be one of {TARGET_UNITS}")
         if not 0 < tolerance < 1 or temperature <= 0:
             raise ValueError(f"family.tolerance={tolerance} must be in (0, 1) and family.temperature={temperature} > 0")
         self.generator, self.inquisitor = generator, inquisitor
@@ -101,25 +104,24 @@ class FamilyBuilder:
         return arch, network, cost
 
     def _aimed(self, name: str, target: int, seed: int, avoid: list[Architecture]) -> Member:
-        """Bisect the cut asked of the inquisitor until the built network's cost is within tolerance of the target."""
+        """Aim the cut asked of the inquisitor (``aim_cut``, as the synthesis cycles do) until the built network's
+        cost is within tolerance of the target."""
         base_arch, base, base_cost = self._base(target, avoid)
         if base_cost <= target * (1 + self.tolerance):
             return Member(name, target, base_cost, base_arch, copy.deepcopy(base), seed, base_cost >= target * (1 - self.tolerance))
         generator = copy.copy(self.generator)  # its own θ_G: the learned generator keeps its logits
         macs = macs_per_module(base, self.input_shape)
-        low, high, best = 0.0, 0.95, None
-        for _ in range(AIM_STEPS):
-            step = (low + high) / 2
-            generator.update(self.inquisitor.propose(generator, macs, macs[""], base=(base_arch, base), step=step))
+        goal = 1.0 - target / base_cost  # the fraction of the base's cost to cut
+
+        def attempt(aim: float) -> tuple[float, tuple[int, Architecture, nn.Module]]:
+            generator.update(self.inquisitor.propose(generator, macs, macs[""], aim, base=(base_arch, base), step=goal))
             arch = generator.sample(seed, self.temperature, base=base_arch)
             network = generator.graph.materialize(base, base_arch, arch)
             cost = self.cost(network)
-            if best is None or abs(cost - target) < abs(best[0] - target):
-                best = (cost, arch, network)
-            if abs(cost - target) <= self.tolerance * target:
-                break
-            low, high = (step, high) if cost > target else (low, step)
-        cost, arch, network = best
+            return 1.0 - cost / base_cost, (cost, arch, network)
+
+        tolerance = self.tolerance * target / (base_cost * goal)  # within tolerance of the target, as a share of the cut
+        (cost, arch, network), _ = aim_cut(attempt, lambda: goal, 1.0, tolerance, AIM_ATTEMPTS)
         return Member(name, target, cost, arch, network, seed, abs(cost - target) <= self.tolerance * target)
 
 
@@ -177,7 +179,7 @@ def build_family(
     for key in ("gate", "inquisitor", "best", "best_arch"):
         if key not in extra:
             raise ValueError(f"{generator_path} records no {key}; it was not written by a synthesis run of this version")
-    gate = Gate.from_record(extra["gate"])
+    referee = Referee(Requirements.from_record(extra["gate"]))  # every condition of the run, as its cycles were judged
     inquisitor = Inquisitor()
     inquisitor.load_state_dict(extra["inquisitor"])
     builder = FamilyBuilder(generator, inquisitor, settings.budget, settings.tolerance, settings.temperature)
@@ -198,7 +200,7 @@ def build_family(
         # the run's answer itself (a budget it fits) is kept as the run left it: polished, so more epochs at a
         # restarted rate would only perturb it
         epochs = 0 if generator.graph.same_network(member.arch, answer_arch) else settings.finetune_epochs
-        rows.append(_finish(member, epochs, generator, gate, datamodule, task, recipe, output_dir, trainer_kwargs))
+        rows.append(_finish(member, epochs, generator, referee, datamodule, task, recipe, output_dir, trainer_kwargs))
     result = {"budget": settings.budget, "gate": extra["gate"], "prototype": extra.get("prototype"), "rows": rows,
               "diversity": diversity([m.arch for m in members], generator.graph)}
     if output_dir is not None:
@@ -206,9 +208,10 @@ def build_family(
     return result
 
 
-def _finish(member: Member, epochs: int, generator: Generator, gate: Gate, datamodule, task, recipe: Recipe,
+def _finish(member: Member, epochs: int, generator: Generator, referee: Referee, datamodule, task, recipe: Recipe,
             output_dir: str | Path | None, trainer_kwargs: dict | None) -> dict:
-    """Fine-tune ``epochs`` (learning from φ), validate, gate, test, time and save one member."""
+    """Fine-tune ``epochs`` (learning from φ), validate, judge by every condition of the run, test, time and save one
+    member."""
     print(f"[family] {member.name}: built at {member.cost:,} (target {member.target:,}), fine-tuning {epochs} epochs",
           flush=True)
     module = recipe.module(member.network, task)
@@ -218,14 +221,17 @@ def _finish(member: Member, epochs: int, generator: Generator, gate: Gate, datam
     if epochs > 0:
         with recipe.distilling(generator.prototype, module):
             trainer.fit(module, datamodule=datamodule)
-    metric = float(trainer.validate(module, datamodule=datamodule, verbose=False)[0][gate.monitor])
+    logged = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    monitor = referee.gate.monitor
+    metrics = {gate.monitor: float(logged[gate.monitor]) for gate in referee.requirements.gates}
     test = None
     if has_test_split(datamodule):
         test = {k.removeprefix("test/"): float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
     network = module.net.cpu().eval()
-    report = NetworkReport.measure(network, generator.input_shape, metric, gate.passes(metric), test=test)
+    report = dataclasses.replace(referee.report(network, generator.input_shape, metrics), test=test)
     row = {"name": member.name, "target": member.target, "reached": member.reached, "seed": member.seed, "epochs": epochs,
-           **report.to_dict(), "test_metric": (test or {}).get(gate.monitor.split("/", 1)[-1]),
+           **report.to_dict(), "unmet": [v.name for v in report.unmet()],
+           "test_metric": (test or {}).get(monitor.split("/", 1)[-1]),
            "widths": member.arch.widths(), "removed_blocks": member.arch.removed_blocks}
     if output_dir is not None:
         folder = save_network(Path(output_dir) / member.name, network, member.arch, generator.graph,
@@ -233,8 +239,9 @@ def _finish(member: Member, epochs: int, generator: Generator, gate: Gate, datam
         onnx = export_onnx(network, generator.input_shape, folder / ONNX_FILE)
         timings = measure_latency(network, onnx, generator.input_shape, (1,), repeats=20)
         row["latency_ms"] = next(t["median_ms"] for t in timings if t["runtime"] == "onnxruntime")
-    print(f"[family] {member.name}: {report.macs:,} MACs, {gate.monitor} {metric:.4f} "
-          f"({'passes' if report.gate_passed else 'fails'} the gate)", flush=True)
+    unmet = ", ".join(v.describe() for v in report.unmet()) or f"misses {referee.gate.describe()}"
+    verdict = "meets every condition" if report.gate_passed else f"fails: {unmet}"
+    print(f"[family] {member.name}: {report.macs:,} MACs, {monitor} {report.metric:.4f} ({verdict})", flush=True)
     return row
 
 
@@ -257,6 +264,6 @@ def format_family(result: dict) -> str:
             cells.append(f"{value:>12.4f}" if isinstance(value, float) else f"{value!s:>12}")
         lines.append(" | ".join(cells))
     passed = sum(row["gate_passed"] for row in result["rows"])
-    lines.append(f"{passed}/{len(result['rows'])} members pass the gate; diversity (mean share of channels two members "
+    lines.append(f"{passed}/{len(result['rows'])} members meet every condition; diversity (mean share of channels two members "
                  f"do not have in common) {result['diversity']:.3f}")
     return "\n".join(lines)

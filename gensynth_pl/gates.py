@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from torch import nn
 
 from gensynth_pl.latency import LatencyMeter
+from gensynth_pl.metrics import Verdict
 
 
 class Gate:
@@ -55,7 +56,7 @@ class Gate:
     @classmethod
     def from_record(cls, record: dict) -> "Gate":
         """The resolved, absolute gate a run recorded (``to_dict``: generator file, summary.json)."""
-        return cls(record["metric"], record["threshold"], relative=False, higher_is_better=record.get("higher_is_better", True))
+        return cls(record["metric"], record["bound"], relative=False, higher_is_better=record["higher_is_better"])
 
     def state_dict(self) -> dict:
         return {"bound": self.bound, "prototype_metric": self.prototype_metric}
@@ -64,35 +65,16 @@ class Gate:
         self.bound, self.prototype_metric = state["bound"], state["prototype_metric"]
 
     def to_dict(self) -> dict:
+        """``bound``: the value a network must reach (resolved from φ when relative); ``threshold``: as configured
+        (the allowed drop of a relative gate, the bound itself of an absolute one)."""
         return {
             "metric": self.monitor,
-            "threshold": self.bound,
+            "bound": self.bound,
+            "threshold": self.threshold,
             "relative": self.relative,
-            "allowed_drop" if self.relative else "absolute": self.threshold,
             "higher_is_better": self.higher_is_better,
             "prototype_metric": self.prototype_metric,
         }
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One condition of the requirements on one network."""
-
-    name: str  # the metric ("val/acc") or the budget ("macs", "params", "latency_ms")
-    value: float
-    bound: float
-    passed: bool
-    budget: bool  # a cost ceiling (it never blocks an intermediate candidate)
-    op: str = ">="
-
-    def describe(self) -> str:
-        return f"{self.name} {self.value:.4g} ({'meets' if self.passed else 'misses'} {self.op} {self.bound:.4g})"
-
-    def to_dict(self) -> dict:
-        return {"value": self.value, "bound": self.bound, "passed": self.passed}
-
-
-BUDGETS = ("macs", "params", "latency_ms")
 
 
 class Requirements:
@@ -133,6 +115,18 @@ class Requirements:
             return gate
         requirements = cls(gate.monitor, gate.threshold, gate.relative, gate.higher_is_better)
         requirements.primary = requirements.gates[0] = gate
+        return requirements
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Requirements":
+        """Every condition a run resolved (``to_dict``): absolute metric gates and budgets, so a network built
+        later from the run's generator is judged exactly as the run's own candidates were."""
+        requirements = cls.of(Gate.from_record(record))
+        requirements.gates += [Gate.from_record(gate) for gate in record["metrics"]]
+        requirements.limits.update(record["budgets"])
+        requirements.bounds = dict(record["budgets"])
+        if record.get("latency"):
+            requirements.latency = LatencyMeter(**record["latency"])
         return requirements
 
     @property

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -157,7 +158,6 @@ class Inquisitor:
         self.comfortable_margin, self.sharpness, self.memory = comfortable_margin, sharpness, memory
         self.bins, self.max_responses = bins, max_responses
         self.importance = resolve_importance(importance)
-        self.costs: Costs = MacCosts()  # what a channel costs: the loop swaps in measured latency (synthesis.cost)
         self.insights: dict[str, dict[str, Tensor]] = {}
         self.group_sensitivity: dict[str, float] = {}
         self.block_sensitivity: dict[str, float] = {}
@@ -195,6 +195,13 @@ class Inquisitor:
                 old = store[name][kept]
                 store[name][kept] = torch.where(seen, self.memory * old + (1 - self.memory) * value, value)
             store["seen"][kept] = 1.0
+
+    def fold_probe(self, result: ProbeResult, graph: NetworkGraph, arch: Architecture,
+                   mean: Callable[[Tensor], Tensor] = lambda value: value) -> None:
+        """Measure an accepted network's probe and fold it in; ``mean`` averages each insight over processes (DDP)
+        so that every one learns the same."""
+        measured = {g: {name: mean(value) for name, value in values.items()} for g, values in self.measure(result).items()}
+        self.fold(measured, graph, arch)
 
     def _information(self, responses: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor]:
         """Normalised response entropy and mutual information with the label, from binned responses."""
@@ -263,10 +270,11 @@ class Inquisitor:
         aim: float = 1.0,
         base: tuple[Architecture, nn.Module] | None = None,
         step: float | None = None,
+        costs: Costs = MacCosts(),
     ) -> KeepLogits:
         """The keep-logits θ_G should take so that sampling drops ~``step`` (the inquisitor's own by default) of the
-        MACs of ``base`` (an accepted network, the parent by default; ``macs`` is its profile), lowest
-        information-per-MAC first.
+        cost (``costs``: MACs by default; ``parent_cost`` in its unit) of ``base`` (an accepted network, the parent by
+        default; ``macs`` is its profile), lowest information-per-cost first.
 
         Targets are θ_u = sharpness · ln(score_u / b), score = importance per MAC; the threshold b is set so
         that the MACs saved *in expectation under sampling* match ``aim`` x the step (the caller's correction for
@@ -276,11 +284,11 @@ class Inquisitor:
         parent_arch, parent = base or (generator.parent_arch, generator.parent)
         graph, modules = generator.graph, dict(parent.named_modules())
         live = [g for g in graph.groups.values() if g.block not in parent_arch.removed_blocks]
-        scores, costs, protected = {}, {}, {}
+        scores, costs_of, protected = {}, {}, {}
         for group in live:
             kept = parent_arch.channels[group.id]
-            costs[group.id] = self.costs.channel(group, modules, macs)
-            scores[group.id] = self.channel_importance(group.id, kept).clamp_min(1e-30) / costs[group.id]
+            costs_of[group.id] = costs.channel(group, modules, macs)
+            scores[group.id] = self.channel_importance(group.id, kept).clamp_min(1e-30) / costs_of[group.id]
             floor = min(generator.min_width(group.id), len(kept))  # the most informative channels always stay
             protected[group.id] = torch.zeros(len(kept), dtype=torch.bool)
             protected[group.id][torch.topk(scores[group.id], floor).indices] = True
@@ -289,7 +297,7 @@ class Inquisitor:
             if block not in parent_arch.removed_blocks and macs.get(block):
                 inner = [g for g in live if g.block == block]
                 importance = sum(float(self.channel_importance(g.id, parent_arch.channels[g.id]).sum()) for g in inner)
-                block_costs[block] = max(self.costs.block(block, modules, macs), 1e-9)
+                block_costs[block] = max(costs.block(block, modules, macs), 1e-9)
                 block_scores[block] = max(importance, 1e-30) * self.block_sensitivity.get(block, 1.0) / block_costs[block]
 
         def expected_saving(log_threshold: float) -> float:
@@ -299,7 +307,7 @@ class Inquisitor:
             for group in live:
                 drop = 1 - torch.sigmoid(self._logits(scores[group.id], threshold))
                 drop[protected[group.id]] = 0
-                saved += float(drop.sum()) * costs[group.id] * float(keep_block.get(group.block, 1.0))
+                saved += float(drop.sum()) * costs_of[group.id] * float(keep_block.get(group.block, 1.0))
             return float(saved)
 
         all_scores = torch.cat([*scores.values(), torch.tensor(list(block_scores.values()) or [1.0])]).log()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
@@ -68,6 +68,21 @@ def information_density(metric: float, params: int) -> float:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """One condition of the requirements on one network: a metric gate or a cost budget."""
+
+    name: str  # the metric ("val/acc") or the budget ("macs", "params", "latency_ms")
+    value: float
+    bound: float
+    passed: bool
+    budget: bool  # a cost ceiling (it never blocks an intermediate candidate): the one definition of a budget
+    op: str = ">="
+
+    def describe(self) -> str:
+        return f"{self.name} {self.value:.4g} ({'meets' if self.passed else 'misses'} {self.op} {self.bound:.4g})"
+
+
+@dataclass(frozen=True)
 class NetworkReport:
     """What a run reports for one network: size, cost, its gate metric and derived scores."""
 
@@ -78,7 +93,7 @@ class NetworkReport:
     information_density: float
     gate_passed: bool
     test: dict[str, float] | None = None  # metrics on the data's test split, measured after the synthesis
-    conditions: dict[str, dict] | None = None  # with several requirements: each one's value, bound and verdict
+    conditions: dict[str, Verdict] | None = None  # with several requirements: each one's verdict, by name
 
     @classmethod
     def measure(
@@ -101,5 +116,21 @@ class NetworkReport:
             test=test,
         )
 
+    @property
+    def budgets(self) -> dict[str, float]:
+        """The network's value for each budget it was judged against."""
+        return {name: v.value for name, v in (self.conditions or {}).items() if v.budget}
+
+    def unmet(self) -> list[Verdict]:
+        return [v for v in (self.conditions or {}).values() if not v.passed]
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NetworkReport":
+        """The inverse of ``to_dict`` (keys it does not know, such as a cycle entry's, are ignored)."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        if values.get("conditions") is not None:
+            values["conditions"] = {name: Verdict(**verdict) for name, verdict in values["conditions"].items()}
+        return cls(**values)

@@ -10,71 +10,80 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from gensynth_pl.metrics import NetworkReport
+from gensynth_pl.referee import Reason
 from gensynth_pl.rundir import write_text_atomic
 
-_REPORT_KEYS = tuple(f.name for f in fields(NetworkReport))
-
-
 def _report(data: dict | None) -> NetworkReport | None:
-    return None if data is None else NetworkReport(**{k: data[k] for k in _REPORT_KEYS if k in data})
+    return None if data is None else NetworkReport.from_dict(data)
 
 
 @dataclass
 class CycleEntry:
-    """One synthesis cycle: the candidate drawn from ``seed``, how it measured, and what was decided."""
+    """One synthesis cycle: the candidate drawn from ``seed``, how it measured, and what the referee decided."""
 
     cycle: int
     seed: int
     report: NetworkReport
-    accepted: bool
+    reason: Reason
     step: float  # the inquisitor's step after this cycle's outcome (what the next candidate is drawn with)
     seconds: float
     widths: dict[str, int]
     removed_blocks: list[str]
-    diverged: bool = False
     redraws: int = 0  # samples redrawn because they built the parent's network again
     epochs: int = 0  # epochs the candidate was trained
     first_metric: float | None = None  # the metric after its first epoch
-    early_rejected: bool = False  # rejected after its first epoch, the rest of its epochs freed
     allowance: float = 0.0  # how far below the bound it could be and still be accepted (expected recovery)
-    cut: float = 0.0  # the fraction of the parent's MACs it removed
+    cut: float = 0.0  # the fraction of the parent's cost it removed
 
     @property
-    def recovery(self) -> float | None:
-        """How much its metric rose from its first epoch to its last (None unless trained 2+ epochs, finitely)."""
-        if self.epochs < 2 or self.diverged or self.first_metric is None:
-            return None
-        return self.report.metric - self.first_metric
+    def accepted(self) -> bool:
+        return self.reason.accepted
+
+    @property
+    def diverged(self) -> bool:
+        return self.reason is Reason.DIVERGED
+
+    @property
+    def early_rejected(self) -> bool:
+        return self.reason is Reason.REJECTED_EARLY
 
     def to_dict(self) -> dict:
         entry = asdict(self)
         del entry["report"]
         report = {k: v for k, v in self.report.to_dict().items() if k != "test"}
-        return {"cycle": self.cycle, "seed": self.seed, **report, **entry}
+        return {"cycle": self.cycle, "seed": self.seed, **report, **entry, "reason": self.reason.value,
+                "accepted": self.accepted}
 
     @classmethod
     def from_dict(cls, data: dict) -> "CycleEntry":
-        own = {f.name for f in fields(cls)} - {"report"}
-        return cls(report=_report(data), **{k: v for k, v in data.items() if k in own})
+        own = {f.name for f in fields(cls)} - {"report", "reason"}
+        return cls(report=_report(data), reason=Reason(data["reason"]), **{k: v for k, v in data.items() if k in own})
 
 
 @dataclass
 class PolishEntry:
-    """The final polish: the best candidate (of ``cycle``) fine-tuned ``epochs`` more, then gated at the real bound."""
+    """The final polish: the leader (of ``cycle``) fine-tuned ``epochs`` more, then judged as the answer."""
 
     cycle: int
     epochs: int
     before: NetworkReport
     after: NetworkReport
-    accepted: bool  # it passed the gate: the run's answer
+    reason: Reason  # passed or closest: the run's answer; rolled back: the answer stays the earlier network
     seconds: float
 
+    @property
+    def accepted(self) -> bool:
+        return self.reason.accepted
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "before": self.before.to_dict(), "after": self.after.to_dict()}
+        return {**asdict(self), "before": self.before.to_dict(), "after": self.after.to_dict(), "reason": self.reason.value,
+                "accepted": self.accepted}
 
     @classmethod
     def from_dict(cls, data: dict) -> "PolishEntry":
-        return cls(**{**data, "before": _report(data["before"]), "after": _report(data["after"])})
+        own = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in data.items() if k in own}, "before": _report(data["before"]),
+                      "after": _report(data["after"]), "reason": Reason(data["reason"])})
 
 
 @dataclass

@@ -7,7 +7,7 @@ from gensynth_pl.metrics import NetworkReport
 from gensynth_pl.record import CycleEntry, PolishEntry, SynthesisRecord
 from gensynth_pl.rundir import write_atomic
 
-CYCLE_COLUMNS = ("cycle", "seed", "params", "macs", "metric", "netscore", "gate_passed", "accepted", "step", "seconds")
+CYCLE_COLUMNS = ("cycle", "seed", "params", "macs", "metric", "netscore", "gate_passed", "reason", "step", "seconds")
 PROGRESS_COLUMN = "progress"
 
 
@@ -40,12 +40,8 @@ def _clock(seconds: float) -> str:
 def cycle_row(entry: CycleEntry, epoch: int, epochs: int, eta: float) -> str:
     """One table row, ending with the run's progress in epochs and the time its remaining epochs should take."""
     values = entry.to_dict()
-    if entry.early_rejected:
-        values["accepted"] = "early no"
-    elif entry.accepted and not entry.report.gate_passed:
-        values["accepted"] = "allowed"  # within the allowance: the polish is expected to recover the rest
     row = " | ".join([*(f"{_fmt(c, values.get(c, '')):>11}" for c in CYCLE_COLUMNS), f"{epoch}/{epochs} eta {_clock(eta)}"])
-    unmet = [name for name, verdict in (entry.report.conditions or {}).items() if not verdict["passed"]]
+    unmet = [verdict.name for verdict in entry.report.unmet()]
     return row + (f" | unmet: {', '.join(unmet)}" if unmet else "")
 
 
@@ -68,7 +64,7 @@ def epoch_line(epoch: int, epochs: int, phase: str, monitor: str, metric: float,
 def final_summary(record: SynthesisRecord) -> str:
     """A few lines a person can read at a glance."""
     proto, best = record.prototype, record.best
-    bound = record.gate.get("threshold")
+    bound = record.gate.get("bound")
     op = ">=" if record.gate.get("higher_is_better", True) else "<="
     lines = [f"GenSynth {record.task}: gate {record.gate.get('metric')} {op} {'?' if bound is None else f'{bound:.4f}'}"]
     if proto:
@@ -77,7 +73,7 @@ def final_summary(record: SynthesisRecord) -> str:
             f"NetScore {proto.netscore:.2f}"
         )
     if best and not best.gate_passed and best.conditions:
-        unmet = [f"{n} {v['value']:.4g} (bound {v['bound']:.4g})" for n, v in best.conditions.items() if not v["passed"]]
+        unmet = [f"{v.name} {v.value:.4g} (bound {v.bound:.4g})" for v in best.unmet()]
         lines.append(
             f"  NO network meets every condition; the closest (cycle {record.best_cycle}: {_si(best.macs)} MACs, metric "
             f"{best.metric:.4f}) is kept as the answer (best/); unmet: {', '.join(unmet)}"
@@ -130,8 +126,8 @@ def pareto_plot(record: SynthesisRecord, path: str | Path) -> Path:
             top = point.metric
     if len(frontier) > 1:
         axes.plot([p.macs for p in frontier], [p.metric for p in frontier], c="tab:green", alpha=0.5, label="passing frontier")
-    if record.gate.get("threshold") is not None:
-        axes.axhline(record.gate["threshold"], c="gray", ls="--", label=f"gate {record.gate['metric']}")
+    if record.gate.get("bound") is not None:
+        axes.axhline(record.gate["bound"], c="gray", ls="--", label=f"gate {record.gate['metric']}")
     axes.set_xscale("log")
     axes.set_xlabel("MACs (batch 1)")
     axes.set_ylabel(record.gate.get("metric", "metric"))
@@ -158,8 +154,8 @@ def family_plot(result: dict, path: str | Path) -> Path:
         axes.annotate(row["name"], (row["macs"], row["metric"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     if result.get("prototype"):
         axes.scatter([result["prototype"]["macs"]], [result["prototype"]["metric"]], c="black", marker="*", s=180, label="prototype")
-    if result["gate"].get("threshold") is not None:
-        axes.axhline(result["gate"]["threshold"], c="gray", ls="--", label=f"gate {result['gate']['metric']}")
+    if result["gate"].get("bound") is not None:
+        axes.axhline(result["gate"]["bound"], c="gray", ls="--", label=f"gate {result['gate']['metric']}")
     axes.set_xscale("log")
     axes.set_xlabel("MACs (batch 1)")
     axes.set_ylabel(result["gate"].get("metric", "metric"))

@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from enum import Enum
 
 import lightning as L
 
-PROTOTYPE, CYCLE, POLISH = "prototype", "cycle", "polish"
+
+class PhaseKind(str, Enum):
+    PROTOTYPE = "prototype"
+    CYCLE = "cycle"
+    POLISH = "polish"
+
+
+PROTOTYPE, CYCLE, POLISH = PhaseKind
 
 
 @dataclass(frozen=True)
@@ -21,7 +29,7 @@ class Phase:
     """A stretch of training with one network: φ's training, cycle ``index``'s candidate, or the polish of the
     best candidate."""
 
-    kind: str
+    kind: PhaseKind
     index: int
     epochs: int  # planned length
     lr_scale: float  # multiplies the optimizer's learning rates (fine-tuning a candidate vs training φ)
@@ -32,7 +40,7 @@ class Phase:
         return self.start + self.epochs - 1
 
     def describe(self) -> str:
-        return f"cycle {self.index}" if self.kind == CYCLE else self.kind
+        return f"cycle {self.index}" if self.kind == CYCLE else self.kind.value
 
 
 class Schedule:
@@ -104,10 +112,12 @@ class Schedule:
         return max(0, self.total_epochs - epoch - 1)
 
     def state_dict(self) -> dict:
-        return {"phase": None if self.phase is None else asdict(self.phase), "cycle_epochs_used": self.cycle_epochs_used}
+        """Plain data only (a checkpoint is read with weights_only): the phase kind as its name."""
+        phase = None if self.phase is None else {**asdict(self.phase), "kind": self.phase.kind.value}
+        return {"phase": phase, "cycle_epochs_used": self.cycle_epochs_used}
 
     def load_state_dict(self, state: dict) -> None:
-        self.phase = None if state["phase"] is None else Phase(**state["phase"])
+        self.phase = None if state["phase"] is None else Phase(**{**state["phase"], "kind": PhaseKind(state["phase"]["kind"])})
         self.cycle_epochs_used = state["cycle_epochs_used"]
 
 

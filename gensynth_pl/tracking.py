@@ -61,8 +61,8 @@ class WandbSynthesisTracker(Callback):
     def _network_values(report) -> dict:
         values = {f"synthesis/{k}": getattr(report, k) for k in NETWORK_KEYS}
         for name, verdict in (report.conditions or {}).items():  # each requirement's value and verdict
-            values[f"synthesis/condition/{name}"] = verdict["value"]
-            values[f"synthesis/condition/{name}_met"] = verdict["passed"]
+            values[f"synthesis/condition/{name}"] = verdict.value
+            values[f"synthesis/condition/{name}_met"] = verdict.passed
         return values
 
     @staticmethod
@@ -70,9 +70,9 @@ class WandbSynthesisTracker(Callback):
         import wandb
 
         groups = sorted({g for c in cycles for g in c.widths})
-        columns = ["cycle", "seed", "accepted", "macs", "params", "metric", "removed_blocks", *groups]
+        columns = ["cycle", "seed", "accepted", "reason", "macs", "params", "metric", "removed_blocks", *groups]
         rows = [
-            [c.cycle, c.seed, c.accepted, c.report.macs, c.report.params, c.report.metric, ",".join(c.removed_blocks)]
+            [c.cycle, c.seed, c.accepted, c.reason.value, c.report.macs, c.report.params, c.report.metric, ",".join(c.removed_blocks)]
             + [c.widths.get(g, 0) for g in groups]
             for c in cycles
         ]

@@ -111,7 +111,7 @@ def test_generate_and_export_clis_on_a_finished_run(tmp_path):
     rows = json.loads((tmp_path / "gen" / "family.json").read_text())["rows"]
     assert len(rows) == 4 and all(isinstance(r["gate_passed"], bool) for r in rows)
     assert len({json.dumps([r["widths"], r["removed_blocks"]], sort_keys=True) for r in rows}) == 4  # four distinct
-    assert "members pass the gate" in generated.stdout and (tmp_path / "gen" / "family.csv").is_file()
+    assert "members meet every condition" in generated.stdout and (tmp_path / "gen" / "family.csv").is_file()
     budgets = subprocess.run(
         [str(BIN / "gensynth-generate"), f"run_dir={run}", "targets=[0.5,0.3]", "finetune_epochs=0",
          f"hydra.run.dir={tmp_path / 'budgets'}"], capture_output=True, text=True, timeout=600,

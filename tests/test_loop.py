@@ -59,7 +59,7 @@ def test_a_passing_cycle_is_accepted_and_a_failing_one_rolls_back(prototype):
     loop = make_loop()
     loop.trace(prototype, TINY_SHAPE)
     candidate = loop.end_epoch(0, prototype, 0.80)
-    first_arch = loop.candidate_arch
+    first_arch = loop.proposal.arch
     train_and_probe(loop, candidate, 1)
     second = loop.end_epoch(1, candidate, 0.79)  # passes the 0.75 bound
     entry = loop.record.cycles[-1]
@@ -106,7 +106,7 @@ def test_loop_state_round_trip_proposes_the_same_next_candidate(prototype, tmp_p
     train_and_probe(loop, candidate, 1)
     train_and_probe(restored, reshaped, 1)
     a, b = loop.end_epoch(1, candidate, 0.79), restored.end_epoch(1, reshaped, 0.79)
-    assert loop.candidate_arch == restored.candidate_arch and loop.record.to_dict()["cycles"][0]["widths"] == \
+    assert loop.proposal.arch == restored.proposal.arch and loop.record.to_dict()["cycles"][0]["widths"] == \
         restored.record.to_dict()["cycles"][0]["widths"]
     assert count_macs(a, TINY_SHAPE) == count_macs(b, TINY_SHAPE)
     assert (tmp_path / "summary.json").is_file() and (tmp_path / "best" / "weights.pt").is_file()
@@ -121,8 +121,8 @@ def test_samples_that_rebuild_the_parent_are_redrawn_then_the_step_grows():
     loop = make_loop(min_channels=1.0, inquisitor=Inquisitor(step=0.3, max_step=0.5, growth=1.5))
     loop.trace(network, TINY_SHAPE)
     candidate = loop.end_epoch(0, network, 0.8)
-    assert loop.graph.same_network(loop.candidate_arch, loop.generator.parent_arch)
-    assert loop.inquisitor.step == pytest.approx(0.5) and loop.candidate_redraws == 3 * 8  # at 0.3, 0.45 and 0.5
+    assert loop.graph.same_network(loop.proposal.arch, loop.generator.parent_arch)
+    assert loop.inquisitor.step == pytest.approx(0.5) and loop.proposal.redraws == 3 * 8  # at 0.3, 0.45 and 0.5
     assert count_macs(candidate, TINY_SHAPE) == loop.record.prototype.macs
 
 
@@ -132,7 +132,7 @@ def test_a_drawn_duplicate_is_replaced_by_a_different_network(prototype):
     network = loop.end_epoch(0, prototype, 0.80)
     redraws = 0
     for epoch in range(1, 4):
-        assert not loop.graph.same_network(loop.candidate_arch, loop.generator.parent_arch)
-        redraws += loop.candidate_redraws
+        assert not loop.graph.same_network(loop.proposal.arch, loop.generator.parent_arch)
+        redraws += loop.proposal.redraws
         network = loop.end_epoch(epoch, network, 0.80) or network
     assert redraws > 0  # small steps draw the parent again often enough to be seen in three cycles

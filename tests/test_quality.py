@@ -37,7 +37,7 @@ def test_early_rejection_frees_the_rest_of_the_candidates_epochs_for_the_polish(
     loop.trace(prototype, TINY_SHAPE)
     budget = loop.schedule.total_epochs
     network = run_epochs(loop, prototype, [0.80, 0.70, 0.79])  # φ, then cycle 1 recovers 0.09 in its second epoch
-    assert loop.record.cycles[0].accepted and loop.measured_recovery() == pytest.approx(0.09)
+    assert loop.record.cycles[0].accepted and loop.referee.measured_recovery() == pytest.approx(0.09)
     run_epochs(loop, network, [0.55], start=3)  # cycle 2's first epoch: even +0.09 and the allowance fall short
     entry = loop.record.cycles[-1]
     assert entry.early_rejected and not entry.accepted and entry.epochs == 1
@@ -52,11 +52,11 @@ def test_candidates_within_the_measured_recovery_are_accepted_and_the_polished_a
     loop = make_loop(Schedule(1, 2, 2, 0.2, polish_epochs=2), recovery_allowance=0.5)
     loop.trace(prototype, TINY_SHAPE)
     network = run_epochs(loop, prototype, [0.80, 0.70, 0.79])  # bound 0.78; cycle 1 passes and recovers 0.09
-    assert loop.allowance() == pytest.approx(0.045)
+    assert loop.referee.allowance() == pytest.approx(0.045)
     network = run_epochs(loop, network, [0.70, 0.75], start=3)  # 0.75: below the bound, within the allowance
     second = loop.record.cycles[-1]
     assert second.accepted and not second.report.gate_passed and second.allowance == pytest.approx(0.045)
-    assert loop.leader.cycle == 2 and loop.best.cycle == 1  # the answer so far still passes the real gate
+    assert loop.referee.leader.cycle == 2 and loop.best.cycle == 1  # the answer so far still passes the real gate
     assert loop.schedule.phase.kind == POLISH
     run_epochs(loop, network, [0.77, 0.785], start=5)
     assert loop.record.polish.accepted and loop.record.polish.before.metric == pytest.approx(0.75)
@@ -67,7 +67,7 @@ def test_a_polish_that_fails_the_gate_falls_back_to_the_best_network_that_passed
     loop = make_loop(Schedule(1, 2, 2, 0.2, polish_epochs=1), recovery_allowance=1.0)
     loop.trace(prototype, TINY_SHAPE)
     network = run_epochs(loop, prototype, [0.80, 0.70, 0.79, 0.70, 0.75])
-    assert loop.leader.cycle == 2 and loop.best.cycle == 1
+    assert loop.referee.leader.cycle == 2 and loop.best.cycle == 1
     run_epochs(loop, network, [0.76], start=5)
     polish = loop.record.polish
     assert not polish.accepted and not polish.after.gate_passed

@@ -42,14 +42,14 @@ def test_a_candidate_that_meets_the_metrics_but_not_a_budget_is_kept_going_and_n
     run(loop, prototype, [scores, scores, scores])
     first = loop.record.cycles[0]
     assert first.accepted and not first.report.gate_passed  # the metrics hold, the MAC budget does not (yet)
-    assert first.report.conditions["val/acc_macro"]["passed"] and not first.report.conditions["macs"]["passed"]
+    assert first.report.conditions["val/acc_macro"].passed and not first.report.conditions["macs"].passed
     assert not loop.record.best.gate_passed and loop.record.best_cycle > 0  # the closest network so far is kept
     assert "macs" in final_summary(loop.record) and "unmet" in final_summary(loop.record)
     failing = dict(scores, **{"val/acc_macro": 0.60})  # the second metric gate fails: rejected
     loop = make_loop(Requirements("val/acc", 0.05, metrics=({"monitor": "val/acc_macro", "threshold": 0.05},)))
     loop.trace(prototype, TINY_SHAPE)
     run(loop, prototype, [scores, failing])
-    assert not loop.record.cycles[0].accepted and loop.record.cycles[0].report.conditions["val/acc_macro"]["passed"] is False
+    assert not loop.record.cycles[0].accepted and loop.record.cycles[0].report.conditions["val/acc_macro"].passed is False
 
 
 def test_when_no_network_meets_a_budget_the_polished_leader_is_kept_as_the_closest(prototype):
@@ -59,7 +59,7 @@ def test_when_no_network_meets_a_budget_the_polished_leader_is_kept_as_the_close
     loop.trace(prototype, TINY_SHAPE)
     run(loop, prototype, [{"val/acc": 0.80}, {"val/acc": 0.78}, {"val/acc": 0.84}])
     polish, best = loop.record.polish, loop.record.best
-    assert not best.gate_passed and best.conditions["macs"]["passed"] is False  # one cycle cannot reach 15% of φ
+    assert not best.gate_passed and best.conditions["macs"].passed is False  # one cycle cannot reach 15% of φ
     assert polish.accepted and best.metric == pytest.approx(0.84) and best.macs == polish.before.macs
     assert "comes closest: kept as the answer" in polish_line(polish, "", loop.record.best_cycle, best)
 
@@ -74,9 +74,9 @@ def test_an_unmet_budget_keeps_the_compression_going_until_it_holds(prototype):
     loop = make_loop(Requirements("val/acc", 0.05, max_macs=0.15), cycles=3)
     loop.trace(prototype, TINY_SHAPE)
     run(loop, prototype, [{"val/acc": 0.8}, {"val/acc": 0.5}])  # the first candidate fails the gate
-    assert not loop.record.cycles[0].accepted and loop._step() == loop.inquisitor.step  # no forced cut after a failure
-    loop.record.cycles[0].accepted = True
-    assert loop._step() > loop.inquisitor.step  # after a pass the unmet budget forces a deeper cut
+    assert not loop.record.cycles[0].accepted and loop.proposer.step() == loop.inquisitor.step  # no forced cut after a failure
+    loop.proposer.after_rejection = False  # as after a pass
+    assert loop.proposer.step() > loop.inquisitor.step  # after a pass the unmet budget forces a deeper cut
 
 
 def test_budgets_no_network_can_meet_and_unknown_runtimes_fail_before_training(prototype):
@@ -105,11 +105,11 @@ def test_latency_model_grows_with_width_and_is_reused_from_the_run_directory(tmp
         model.layer_ms(name, *widths) for name, widths in (("0", (3, 64)), ("3", (64, 64)), ("7", (64, 4)))))
     loop = make_loop(Requirements(latency=FAST), cost="latency", output_dir=tmp_path)
     loop.trace(cifar_resnet(depth=8, width=8, num_classes=4), TINY_SHAPE)
-    assert isinstance(loop.inquisitor.costs, LatencyCosts) and (tmp_path / "latency_model.json").is_file()
+    assert isinstance(loop.proposer.costs, LatencyCosts) and (tmp_path / "latency_model.json").is_file()
     built = (tmp_path / "latency_model.json").stat().st_mtime_ns
     again = make_loop(Requirements(latency=FAST), cost="latency", output_dir=tmp_path)
     again.trace(cifar_resnet(depth=8, width=8, num_classes=4), TINY_SHAPE)
-    assert again.inquisitor.costs.model.curves == loop.inquisitor.costs.model.curves  # read back, not measured again
+    assert again.proposer.costs.model.curves == loop.proposer.costs.model.curves  # read back, not measured again
     assert (tmp_path / "latency_model.json").stat().st_mtime_ns == built
     assert LatencyModel.load(tmp_path / "latency_model.json", LatencyMeter(batch=64)) is None  # other settings: rebuilt
 
@@ -119,5 +119,5 @@ def test_latency_costs_drive_a_synthesis_and_a_latency_budget_is_measured(protot
     loop.trace(prototype, TINY_SHAPE)
     candidate = run(loop, prototype, [{"val/acc": 0.8}] * 2)
     entry = loop.record.cycles[0]
-    assert entry.accepted and entry.report.gate_passed and 0 < entry.report.conditions["latency_ms"]["value"] < 1e4
+    assert entry.accepted and entry.report.gate_passed and 0 < entry.report.conditions["latency_ms"].value < 1e4
     assert entry.cut > 0 and candidate is not None

@@ -5,6 +5,7 @@ import pytest
 
 from gensynth_pl.metrics import NetworkReport
 from gensynth_pl.record import CycleEntry, SynthesisRecord
+from gensynth_pl.referee import Reason
 from gensynth_pl.rundir import RunDirectory, write_atomic, write_text_atomic
 
 
@@ -27,7 +28,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 def test_record_round_trips_through_summary_json(tmp_path):
     report = NetworkReport(params=10, macs=100, metric=0.5, netscore=1.0, information_density=2.0, gate_passed=True)
-    entry = CycleEntry(cycle=1, seed=3, report=report, accepted=True, step=0.3, seconds=1.5, widths={"conv1": 4},
+    entry = CycleEntry(cycle=1, seed=3, report=report, reason=Reason.PASSED, step=0.3, seconds=1.5, widths={"conv1": 4},
                        removed_blocks=["layer1.0"], redraws=2)
     record = SynthesisRecord("classification", {"metric": "val/acc"}, report, report, 1, [entry])
     files = RunDirectory(tmp_path)

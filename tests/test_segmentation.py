@@ -232,5 +232,5 @@ def test_tiny_synthesis_run_on_generated_segmentation_data(tmp_path):
     assert summary["best"]["macs"] < summary["prototype"]["macs"] and 0.0 <= summary["best"]["metric"] <= 1.0
     best = load_network(tmp_path / "best")
     x = torch.randn(2, 3, 32, 32)
-    assert torch.equal(best(x), callback.loop.best_network.eval()(x)) and best(x).shape == (2, 4, 32, 32)
+    assert torch.equal(best(x), callback.loop.best.network.eval()(x)) and best(x).shape == (2, 4, 32, 32)
     assert (tmp_path / "best" / "network.onnx").is_file()

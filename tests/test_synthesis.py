@@ -61,7 +61,7 @@ def test_best_network_reloads_from_spec_and_weights_with_identical_outputs(finis
     out, callback, _, _ = finished_run
     reloaded = load_network(out / "best")
     x = torch.randn(4, *TINY_SHAPE)
-    expected = callback.loop.best_network.eval()(x)
+    expected = callback.loop.best.network.eval()(x)
     assert torch.equal(reloaded(x), expected)
     onnx_out = ort.InferenceSession(str(out / "best" / "network.onnx")).run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(onnx_out, expected.detach().numpy(), atol=1e-4)
@@ -76,7 +76,7 @@ def test_learned_generator_gives_distinct_networks_at_the_answers_budget(finishe
              for r in rows]
     assert len(rows) == 3 and result["diversity"] > 0
     assert all(not graph.same_network(a, b) for i, a in enumerate(archs) for b in archs[i + 1:])  # distinct
-    assert all(not graph.same_network(a, callback.loop.best_arch) for a in archs)  # and not the answer itself
+    assert all(not graph.same_network(a, callback.loop.best.arch) for a in archs)  # and not the answer itself
     answer = callback.record.best.macs
     for row in rows:
         assert abs(row["macs"] / answer - 1) <= 0.05 and row["reached"]  # the answer's budget

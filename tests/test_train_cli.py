@@ -55,7 +55,7 @@ def test_train_py_writes_the_run_directory(tmp_path):
     assert all("test" not in cycle for cycle in summary["cycles"])
     family = json.loads((tmp_path / "family" / "family.json").read_text())  # the run ends with its family
     assert len(family["rows"]) == 1 and (tmp_path / "family" / family["rows"][0]["name"] / "network.onnx").is_file()
-    assert "members pass the gate" in result.stdout
+    assert "members meet every condition" in result.stdout
 
 
 def test_bad_config_value_and_missing_dataset_fail_with_the_fix(tmp_path):
