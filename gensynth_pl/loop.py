@@ -14,7 +14,6 @@ import copy
 import dataclasses
 import math
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -187,12 +186,6 @@ class SynthesisLoop:
         self.record.gate, self.record.prototype = self.requirements.to_dict(), report
         self.proposer.start(network, self.graph, self.prototype_config, report.budgets)
         self.teaching = self._teaching()
-        failing = [v.describe() for v in self.requirements.verdicts(metrics, None) if not v.passed]
-        if failing and self.collective.is_main:
-            warnings.warn(
-                f"the prototype itself fails the gate ({', '.join(failing)}): candidates are unlikely to pass. Lower "
-                "gate.threshold, make it relative, or train the prototype longer (synthesis.prototype_epochs)."
-            )
         self._fold_probe(self.generator.parent_arch)
         self._log(f"GenSynth: prototype {report.macs:,} MACs, {report.params:,} params; gate {self.requirements.describe()}")
         self._log(cycle_header())
@@ -225,12 +218,9 @@ class SynthesisLoop:
             return
         self.proposer.accept(proposal.arch, network, decision.report.budgets)
         self._fold_probe(proposal.arch)
-        message = self.referee.undertrained(decision.report.metric)
-        if message and not self.record.prototype_undertrained:
+        if decision.warning:
             self.record.prototype_undertrained = True
-            self._log(f"warning: {message}")
-            if self.collective.is_main:
-                warnings.warn(message)
+            self._log(f"warning: {decision.warning}")
 
     def _conclude_polish(self, network: nn.Module, metrics: dict[str, float]) -> None:
         """The polished leader is judged as the answer; when taken, later networks inherit its weights."""

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import math
 import statistics
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -52,6 +53,7 @@ class Decision:
     report: NetworkReport
     allowance: float = 0.0
     margin: float = -1.0
+    warning: str | None = None  # what the user should know about this decision (said once per run)
 
     @property
     def accepted(self) -> bool:
@@ -94,6 +96,7 @@ class Referee:
         self.recoveries: list[float] = []  # each candidate's rise from its first epoch to its last
         self.best: Choice | None = None  # the best network that meets every condition: the answer so far
         self.leader: Choice | None = None  # the best accepted candidate (within the allowance): what the polish takes
+        self.warned_undertrained = False
 
     @property
     def gate(self) -> Gate:
@@ -138,6 +141,12 @@ class Referee:
         self.requirements.resolve(metrics)
         report = self.report(network, input_shape, metrics)
         self._set_best(Choice(arch, network, report, 0))
+        failing = [v.describe() for v in self.requirements.verdicts(metrics, None) if not v.passed]
+        if failing and self.collective.is_main:
+            warnings.warn(
+                f"the prototype itself fails the gate ({', '.join(failing)}): candidates are unlikely to pass. Lower "
+                "gate.threshold, make it relative, or train the prototype longer (synthesis.prototype_epochs)."
+            )
         return report
 
     def measured_recovery(self) -> float | None:
@@ -183,13 +192,14 @@ class Referee:
         else:
             reason = Reason.PASSED if self.collective.all_agree(met) else Reason.ALLOWED
         margin = self.gate.margin(metrics[self.gate.monitor]) + allowance if accepted else -1.0
+        warning = self._undertrained(report.metric) if accepted else None
         if accepted:
             choice = Choice(arch, network, report, cycle)
             if self.leader is None or rank(report)[2:] > rank(self.leader.report)[2:]:  # budgets met first, NetScore
                 self.leader = Choice(arch, copy.deepcopy(network).cpu(), report, cycle)
             if rank(report) > rank(self.best.report):
                 self._set_best(choice)
-        return Decision(reason, report, allowance, margin)
+        return Decision(reason, report, allowance, margin, warning)
 
     def judge_polish(self, network: nn.Module, input_shape: tuple[int, ...], metrics: dict[str, float]) -> Decision:
         """The polished leader is the answer when it ranks at least as high as the best network so far: it meets
@@ -202,19 +212,23 @@ class Referee:
         self._set_best(Choice(leader.arch, network, report, leader.cycle))
         return Decision(Reason.PASSED if report.gate_passed else Reason.CLOSEST, report)
 
-    def undertrained(self, metric: float) -> str | None:
+    def _undertrained(self, metric: float) -> str | None:
         """An accepted candidate beating φ by more than a relative gate's allowed drop: φ looks under-trained, so the
-        gate is weak. Returns the warning (with the settings that fix it), or None."""
+        gate is weak. Warns once (with the settings that fix it) and returns the warning."""
         gate = self.gate
-        if not gate.relative:
+        if not gate.relative or self.warned_undertrained:
             return None
         gain = metric - gate.prototype_metric if gate.higher_is_better else gate.prototype_metric - metric
         if gain <= gate.threshold:
             return None
-        return (f"a candidate scores {metric:.4f}, beating the prototype's {gate.prototype_metric:.4f} by more than the "
+        self.warned_undertrained = True
+        message = (f"a candidate scores {metric:.4f}, beating the prototype's {gate.prototype_metric:.4f} by more than the "
                 f"allowed drop {gate.threshold:g}: the prototype looks under-trained, so a gate relative to it is weak. "
                 "Train it longer (synthesis.prototype_epochs) or set an absolute gate (gate.relative=false "
                 "gate.threshold=...)")
+        if self.collective.is_main:
+            warnings.warn(message)
+        return message
 
     def _set_best(self, choice: Choice) -> None:
         self.best = Choice(choice.arch, copy.deepcopy(choice.network).cpu(), choice.report, choice.cycle)
@@ -222,6 +236,7 @@ class Referee:
     # --- checkpointing -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"requirements": self.requirements.state_dict(), "recoveries": list(self.recoveries),
+                "warned_undertrained": self.warned_undertrained,
                 "best": self.best.state_dict(), "leader": None if self.leader is None else self.leader.state_dict()}
 
     def load_state_dict(self, state: dict, rebuild: Callable[[Architecture, dict], nn.Module]) -> None:
@@ -232,7 +247,7 @@ class Referee:
             return Choice(arch, rebuild(arch, saved["weights"]), NetworkReport.from_dict(saved["report"]), saved["cycle"])
 
         self.requirements.load_state_dict(state["requirements"])
-        self.recoveries = list(state["recoveries"])
+        self.recoveries, self.warned_undertrained = list(state["recoveries"]), state["warned_undertrained"]
         self.best = choice(state["best"])
         self.leader = None if state["leader"] is None else choice(state["leader"])
 

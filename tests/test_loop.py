@@ -52,7 +52,7 @@ def test_loop_concludes_the_prototype_and_proposes_a_smaller_candidate(prototype
     assert loop.schedule.phase.kind == CYCLE and loop.schedule.phase.index == 1 and loop.schedule.phase.lr_scale == 0.2
     assert count_macs(candidate, TINY_SHAPE) < loop.record.prototype.macs
     assert loop.inquisitor.insights  # the prototype's probe was folded into θ_I
-    assert loop.record.best_cycle == 0 and loop.best_network is not prototype
+    assert loop.record.best_cycle == 0 and loop.best.network is not prototype
 
 
 def test_a_passing_cycle_is_accepted_and_a_failing_one_rolls_back(prototype):
