@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from benchmarks.baselines import CHANNEL_PRUNING, Contender, channel_pruner, count_nonzero, match_macs, unstructured_pruning
-from benchmarks.tables import comparison_columns, format_table, network_row, publish, write_json
+from benchmarks.tables import SEED_COLUMNS, comparison_columns, format_table, network_row, over_seeds, publish, write_json
 from benchmarks.timing import EpochPrinter, OverheadTimer, Stopwatch, machine
 from gensynth_pl import count_params
 from gensynth_pl.callbacks import GenerativeSynthesis
@@ -46,7 +47,26 @@ def parser(description: str, experiment: str | None, output: Path) -> argparse.A
     p.add_argument("--experiment", default=experiment, help="the conf/experiment the settings start from ('null': none)")
     p.add_argument("--output", type=Path, default=output)
     p.add_argument("--latency-repeats", type=int, default=20)
+    p.add_argument("--seeds", type=int, default=1,
+                   help="repeat with N φs trained from seeds 0..N-1 (every method given the same φ within a seed); "
+                        "report the mean and standard deviation over them")
     return p
+
+
+def across_seeds(output: Path, seeds: int, measure: Callable[[list[str], Path], dict]) -> dict:
+    """``measure(overrides, output_json)`` once (``seeds`` 1: as configured), or once per seed with ``seed=<s>`` and
+    its own JSON beside ``output`` (``<name>_seed<s>.json``, each resumable on its own), then every method's mean
+    and standard deviation over the seeds, written to ``output``."""
+    if seeds < 1:
+        raise ValueError(f"--seeds {seeds}: give at least 1")
+    if seeds == 1:
+        return measure([], output)
+    runs = [measure([f"seed={seed}"], output.with_name(f"{output.stem}_seed{seed}{output.suffix}")) for seed in range(seeds)]
+    summary = over_seeds(runs)
+    result = {"seeds": list(range(seeds)), "runs": [str(output.with_name(f"{output.stem}_seed{s}{output.suffix}"))
+                                                    for s in range(seeds)],
+              "machine": machine(), "rows": summary, "table": format_table(summary, SEED_COLUMNS)}
+    return publish(output, result)
 
 
 def comparison_parser(description: str, experiment: str | None, output: Path) -> argparse.ArgumentParser:

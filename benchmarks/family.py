@@ -1,8 +1,9 @@
 """A family from one learned generator against uniform L1 pruning at each member's MACs.
 
 Reads a finished synthesis run of a benchmark's settings (by default the one ``synthesis_quality`` wrote),
-builds one network per budget (fractions of φ's MACs), fine-tunes each for the same epochs as the L1-pruned
-φ it is compared with (both learning from φ, as the members do), and reports MACs, budget deviation, val and
+builds one network per budget (fractions of φ's MACs), fine-tunes each until it meets every condition (at
+most ``--finetune-epochs``) and the L1-pruned φ it is compared with for the epochs the member took (both learning
+from φ), and reports MACs, budget deviation, val and
 test accuracy, gate verdicts, the family's diversity and its wall time against the synthesis run's.
 
     python -m benchmarks.family                              # the quality benchmark's run, budgets 1/2 1/3 1/4 1/6
@@ -18,7 +19,8 @@ from benchmarks.baselines import CHANNEL_PRUNING, channel_pruner, match_macs
 from benchmarks.common import parser, settings, train
 from benchmarks.tables import Column, format_table, key, publish, write_json
 from benchmarks.timing import Stopwatch, machine
-from gensynth_pl.family import FamilySettings, build_family, format_family
+from gensynth_pl.family import FamilySettings, build_family
+from gensynth_pl.members import format_family
 from gensynth_pl.generator import Generator
 from gensynth_pl.pipeline import recipe
 from gensynth_pl.record import SynthesisRecord
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     for member in family["rows"]:
         prune = channel_pruner(prototype, input_shape, CHANNEL_PRUNING["l1_pruning"], cfg.seed)
         network, _, macs = match_macs(prune, input_shape, member["macs"], 0.0, 0.95, increasing=False)
-        trained = train(network, cfg, args.finetune_epochs, fine_tuning=True, teacher=prototype, label=f"l1_kd {member['name']}")
+        epochs = max(1, member["epochs"])  # the epochs the member took (the answer itself took none: L1 gets one)
+        trained = train(network, cfg, epochs, fine_tuning=True, teacher=prototype, label=f"l1_kd {member['name']}")
         result["rows"].append({**member, "l1_macs": macs, "l1_val": trained.val, "l1_test": trained.test})
         write_json(args.output, result)
     result["table"] = format_table(result["rows"], COMPARISON_COLUMNS) + (

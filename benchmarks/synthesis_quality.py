@@ -9,6 +9,7 @@ Lightning's unstructured ModelPruning at the same parameter count.
     python -m benchmarks.synthesis_quality                                  # the full benchmark: about an hour
     python -m benchmarks.synthesis_quality data.train_subset=5000 synthesis.prototype_epochs=10 synthesis.cycles=3
     python -m benchmarks.synthesis_quality --prototype-weights outputs/benchmarks/synthesis_quality/prototype.pt
+    python -m benchmarks.synthesis_quality --seeds 3                        # three φs: mean and spread of each method
 
 The second form starts from a φ an earlier run with the same settings saved (its training is not repeated; the
 from-scratch networks still get its ``synthesis.prototype_epochs``).
@@ -20,7 +21,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 from benchmarks.baselines import width_scaled
-from benchmarks.common import compare, comparison_parser, settings
+from benchmarks.common import across_seeds, compare, comparison_parser, settings
 
 OUTPUT = Path("outputs/benchmarks/synthesis_quality.json")
 
@@ -29,15 +30,22 @@ def main(argv: list[str] | None = None) -> dict:
     p = comparison_parser(__doc__.splitlines()[0], "benchmark_cifar10_cpu", OUTPUT)
     p.add_argument("--prototype-weights", type=Path, help="φ trained with these settings by an earlier run (skips its training)")
     args = p.parse_args(argv)
-    run_dir = args.output.with_suffix("") / "gensynth_run"
-    cfg = settings(args.experiment, args.overrides, run_dir)
-    prototype_epochs = cfg.synthesis.prototype_epochs
-    if args.prototype_weights is not None:
-        reuse = [f"prototype_weights={args.prototype_weights.resolve()}", "synthesis.prototype_epochs=0"]
-        cfg = settings(args.experiment, [*args.overrides, *reuse], run_dir)
-    contender = width_scaled("width_scaled", lambda widths: instantiate(cfg.model, stage_widths=list(widths)),
-                             cfg.model.width, cfg.seed)
-    return compare(cfg, args.output, [contender], args.latency_repeats, prototype_epochs, args.resume)
+    if args.prototype_weights is not None and args.seeds > 1:
+        raise ValueError("--prototype-weights is one φ: it cannot be combined with --seeds (each seed trains its own φ)")
+
+    def measure(seed_overrides: list[str], output: Path) -> dict:
+        run_dir = output.with_suffix("") / "gensynth_run"
+        overrides = [*args.overrides, *seed_overrides]
+        cfg = settings(args.experiment, overrides, run_dir)
+        prototype_epochs = cfg.synthesis.prototype_epochs
+        if args.prototype_weights is not None:
+            reuse = [f"prototype_weights={args.prototype_weights.resolve()}", "synthesis.prototype_epochs=0"]
+            cfg = settings(args.experiment, [*overrides, *reuse], run_dir)
+        contender = width_scaled("width_scaled", lambda widths: instantiate(cfg.model, stage_widths=list(widths)),
+                                 cfg.model.width, cfg.seed)
+        return compare(cfg, output, [contender], args.latency_repeats, prototype_epochs, args.resume)
+
+    return across_seeds(args.output, args.seeds, measure)
 
 
 if __name__ == "__main__":

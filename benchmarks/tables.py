@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,3 +104,34 @@ def _jsonable(value):
     if hasattr(value, "__dataclass_fields__"):
         return asdict(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+SEED_COLUMNS = [
+    key("method"), key("seeds"),
+    Column("MACs (x fewer)", lambda r: f"{r['macs_mean']:,.0f} ({r['reduction_mean']:.2f}x ± {r['reduction_std']:.2f})"),
+    Column("val acc", lambda r: f"{r['val_acc_mean']:.4f} ± {r['val_acc_std']:.4f}"),
+    Column("test acc", lambda r: None if r["test_acc_mean"] is None else f"{r['test_acc_mean']:.4f} ± {r['test_acc_std']:.4f}"),
+]
+
+
+def over_seeds(results: list[dict]) -> list[dict]:
+    """Every method's mean and standard deviation (n - 1) over runs with different seeds (each its own φ): MACs, the
+    reduction against that run's φ, validation and test accuracy."""
+    def spread(values: list[float]) -> tuple[float | None, float | None]:
+        if not values or any(v is None for v in values):
+            return None, None
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    methods = [row["method"] for row in results[0]["rows"]]
+    summary = []
+    for method in methods:
+        found = [(result, next(r for r in result["rows"] if r["method"] == method)) for result in results
+                 if any(r["method"] == method for r in result["rows"])]
+        prototype = [next(r for r in result["rows"] if r["method"] == "prototype")["macs"] for result, _ in found]
+        row = {"method": method, "seeds": len(found)}
+        for name, values in (("macs", [r["macs"] for _, r in found]),
+                             ("reduction", [p / r["macs"] for p, (_, r) in zip(prototype, found)]),
+                             ("val_acc", [r["val_acc"] for _, r in found]), ("test_acc", [r.get("test_acc") for _, r in found])):
+            row[f"{name}_mean"], row[f"{name}_std"] = spread(values)
+        summary.append(row)
+    return summary

@@ -33,7 +33,8 @@ class GenerativeSynthesis(Callback):
     """Generator-inquisitor synthesis of the network stored at ``pl_module.<network_attr>``.
 
     Schedule: ``prototype_epochs`` train φ; the cycles share ``cycles`` x ``epochs_per_cycle`` epochs, each
-    fine-tuning one generated candidate for up to ``epochs_per_cycle`` epochs at ``finetune_lr_scale`` of φ's
+    fine-tuning one generated candidate for up to ``epochs_per_cycle`` epochs (the first for ``first_cycle_epochs``
+    when set: with one-epoch cycles, a two-epoch first cycle measures the recovery the allowance needs) at ``finetune_lr_scale`` of φ's
     learning rate; then the best candidate is polished for ``polish_epochs`` plus the epochs the cycles left
     (a candidate rejected early frees the rest of its epochs). The inquisitor probes the first ``probe_batches``
     batches of each phase's last epoch. Generator: each sample (``seed``, ``temperature``) keeps at least
@@ -81,8 +82,10 @@ class GenerativeSynthesis(Callback):
         netscore_units: NetScoreUnits = DEFAULTS.netscore_units,
         progress_lines: bool | None = None,
         family: FamilySettings = FamilySettings(),
+        first_cycle_epochs: int | None = None,
     ) -> None:
-        self.schedule = Schedule(prototype_epochs, cycles, epochs_per_cycle, finetune_lr_scale, polish_epochs)
+        self.schedule = Schedule(prototype_epochs, cycles, epochs_per_cycle, finetune_lr_scale, polish_epochs,
+                                 first_cycle_epochs)
         settings = SynthesisSettings(
             seed=seed, temperature=temperature, min_channels=min_channels, channel_multiple=channel_multiple,
             probe_batches=probe_batches, recovery_allowance=recovery_allowance, early_reject_margin=early_reject_margin,

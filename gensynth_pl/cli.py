@@ -1,6 +1,7 @@
-"""Console scripts: ``gensynth-generate`` (networks for budgets, or distinct networks at the answer's budget,
-from a learned generator) and
-``gensynth-export`` (ONNX + verification + latency report of a saved network). Both are Hydra apps."""
+"""Console scripts: ``gensynth-generate`` (networks for budgets, or distinct networks at the answer's budget, from a
+learned generator; ``-m`` builds one member per job on any Hydra launcher), ``gensynth-gather`` (the members of such
+a sweep as one family) and ``gensynth-export`` (ONNX + verification + latency report of a saved network). All are
+Hydra apps."""
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from gensynth_pl.export import export_onnx, load_network
 from gensynth_pl.latency import measure_latency, verify_onnx
-from gensynth_pl.family import FamilySettings, build_family, format_family
-from gensynth_pl.pipeline import recipe
+from gensynth_pl.family import FamilySettings, build_family
+from gensynth_pl.members import format_family, gather_family
+from gensynth_pl.pipeline import log_family, recipe
 from gensynth_pl.rundir import LATENCY_FILE, ONNX_FILE, SPEC_FILE, RunDirectory, write_text_atomic
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the project's conf/ (source or editable install)
 
@@ -33,7 +35,8 @@ def generate(cfg: DictConfig) -> None:
     run_cfg = load_run_config(run_dir, cfg.run_overrides)
     out = Path(HydraConfig.get().runtime.output_dir)
     targets = tuple(cfg.targets) if cfg.targets else ()
-    settings = FamilySettings(targets, cfg.budget, cfg.finetune_epochs, cfg.tolerance, cfg.temperature)
+    settings = FamilySettings(targets, cfg.budget, cfg.finetune_epochs, cfg.tolerance, cfg.temperature,
+                              cfg.early_reject_margin)
     result = build_family(
         RunDirectory(run_dir).generator,
         instantiate(run_cfg.data),
@@ -45,6 +48,23 @@ def generate(cfg: DictConfig) -> None:
     )
     print(format_family(result))
     print(f"files in {out}")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="gather")
+def gather(cfg: DictConfig) -> None:
+    """The members of a ``gensynth-generate -m`` sweep (one job per target) as one family: table, plot, W&B table."""
+    directory = Path(cfg.dir)
+    family = gather_family(directory)
+    print(format_family(family))
+    if cfg.wandb:
+        from lightning.pytorch.loggers import WandbLogger
+
+        import wandb
+
+        logger = WandbLogger(project=cfg.wandb_project, name=f"family {directory.name}", save_dir=str(directory))
+        log_family(logger, family, directory)
+        wandb.finish()
+    print(f"files in {directory}")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")

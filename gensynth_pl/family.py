@@ -9,28 +9,22 @@ different networks of the same size, and a sample that repeats an earlier member
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 from torch import nn
 
-from gensynth_pl.data.common import has_test_split
-from gensynth_pl.export import export_onnx, save_network
 from gensynth_pl.gates import Requirements
 from gensynth_pl.generator import Generator
 from gensynth_pl.graph import Architecture, NetworkGraph
 from gensynth_pl.inquisitor import Inquisitor
-from gensynth_pl.latency import measure_latency
 from gensynth_pl.metrics import count_macs, count_params, macs_per_module
 from gensynth_pl.module import Recipe
 from gensynth_pl.proposer import aim_cut
 from gensynth_pl.referee import Referee
-from gensynth_pl.report import family_plot
-from gensynth_pl.rundir import ONNX_FILE, write_text_atomic
+from gensynth_pl.members import EPOCH_LIMIT, REJECTED_EARLY, finish_member, write_family
 
 TARGET_UNITS = ("macs", "params")  # what a family target counts
 AIM_ATTEMPTS = 14  # proposals at most while aiming a member's cut at its target
@@ -83,13 +77,19 @@ class FamilyBuilder:
             raise ValueError(f"family target {target} must be > 0 (a fraction of the prototype's {self.budget}, or a count)")
         return round(target * self.prototype_cost) if target <= 1 else int(target)
 
-    def member(self, name: str, target: int, seed: int = 0, avoid: list[Architecture] = ()) -> Member:
-        """The network for ``target``; a draw that builds one of ``avoid`` again is redrawn with the next seed."""
+    def member(self, name: str, target: int, seed: int = 0, avoid: list[Architecture] = ()) -> Member | None:
+        """The network for ``target``; a draw that builds one of ``avoid`` again is redrawn with the next seed. None
+        when every draw repeats one of ``avoid``: no further distinct network exists near this budget."""
         for attempt in range(REDRAWS):
             member = self._aimed(name, target, seed + attempt * 7_919, avoid)
             if not any(self.generator.graph.same_network(member.arch, other) for other in avoid):
                 return member
-        return member
+        return None
+
+    def trained(self, arch: Architecture) -> nn.Module | None:
+        """A copy of the latest accepted network of this architecture (its trained, polished weights), if any."""
+        same = [network for a, network in self.generator.lineage if self.generator.graph.same_network(a, arch)]
+        return copy.deepcopy(same[-1]) if same else None
 
     def _base(self, target: int, avoid: list[Architecture]) -> tuple[Architecture, nn.Module, int]:
         """The nearest accepted ancestor at least as large as the target (the prototype when none is) that is not
@@ -99,7 +99,7 @@ class FamilyBuilder:
             (cost, index) for index, cost in enumerate(self._costs)
             if cost >= target and (index == 0 or not any(graph.same_network(self.generator.lineage[index][0], a) for a in avoid))
         ]
-        cost, index = min(fits) if fits else (self._costs[0], 0)
+        cost, index = min(fits, key=lambda fit: (fit[0], -fit[1])) if fits else (self._costs[0], 0)  # ties: the latest
         arch, network = self.generator.lineage[index]
         return arch, network, cost
 
@@ -145,17 +145,18 @@ def _units(arch: Architecture, graph: NetworkGraph) -> set[tuple[str, int]]:
 @dataclass(frozen=True)
 class FamilySettings:
     """The family a run ends with (``synthesis.family``): one network per target (fractions of φ's ``budget``,
-    MACs or params, when at most 1; counts otherwise; empty: no family), each fine-tuned ``finetune_epochs``
-    epochs and gated; members within ``tolerance`` of their target; samples at ``temperature``."""
+    MACs or params, when at most 1; counts otherwise; empty: no family) within ``tolerance`` of it, sampled at
+    ``temperature``. Each member fine-tunes (learning from φ) until it meets every condition of the run, for at
+    most ``finetune_epochs`` epochs; after its first epoch it is rejected early when even the recovery the run
+    measured leaves it more than ``early_reject_margin`` short (None: never). A member that cannot pass is replaced
+    by a larger one when its budget leaves room."""
 
     targets: tuple[float, ...] = (1 / 2, 1 / 3, 1 / 4, 1 / 6)
     budget: str = "macs"
-    finetune_epochs: int = 2
+    finetune_epochs: int = 6
     tolerance: float = 0.05
     temperature: float = 1.0
-
-
-FAMILY_COLUMNS = ("name", "target", "reached", "macs", "params", "metric", "test_metric", "netscore", "gate_passed", "latency_ms")
+    early_reject_margin: float | None = 0.02
 
 
 def build_family(
@@ -169,101 +170,75 @@ def build_family(
     prototype: nn.Module | None = None,
     trainer_kwargs: dict | None = None,
 ) -> dict:
-    """Networks from a run's learned generator, fine-tuned, gated against the run's gate, tested where the data
-    has a test split, timed (ONNX Runtime, batch 1) and, with ``output_dir``, saved with their table and plot.
+    """Networks from a run's learned generator, fine-tuned until they meet every condition of the run (judged by
+    its referee), tested where the data has a test split, timed (ONNX Runtime, batch 1) and, with ``output_dir``,
+    saved with their table and plot.
 
     One member per ``settings.targets``; or, with ``variations``, that many distinct networks at the budget of the
-    run's answer (they differ where the inquisitor is unsure). Returns ``{"rows": [...], "diversity": ...}``;
-    a target no network fits is reported (``reached: false``) with the closest network."""
+    run's answer, none of them the answer itself (they differ where the inquisitor is unsure; when fewer distinct
+    ones exist, the result's ``shortfall`` says so). Returns ``{"rows": [...], "diversity": ...}``; a target no
+    network fits is reported (``reached: false``) with the closest network."""
     generator, extra = Generator.load(generator_path, prototype)
     for key in ("gate", "inquisitor", "best", "best_arch"):
         if key not in extra:
             raise ValueError(f"{generator_path} records no {key}; it was not written by a synthesis run of this version")
-    referee = Referee(Requirements.from_record(extra["gate"]))  # every condition of the run, as its cycles were judged
+    # every condition of the run, as its cycles were judged; early rejection with the recovery the run measured
+    referee = Referee(Requirements.from_record(extra["gate"]), recovery_allowance=0.0,
+                      early_reject_margin=settings.early_reject_margin)
+    referee.recoveries = list(extra.get("recoveries", []))
     inquisitor = Inquisitor()
     inquisitor.load_state_dict(extra["inquisitor"])
     builder = FamilyBuilder(generator, inquisitor, settings.budget, settings.tolerance, settings.temperature)
     answer_arch = Architecture.from_dict(extra["best_arch"])
     members: list[Member] = []
+    shortfall = None
     if variations is not None:
         answer = extra["best"][settings.budget]
         for index in range(variations):
-            avoid = [answer_arch, *(m.arch for m in members)]
-            members.append(builder.member(f"variation_{index}", answer, seed=index, avoid=avoid))
+            member = builder.member(f"variation_{index}", answer, seed=index, avoid=[answer_arch, *(m.arch for m in members)])
+            if member is None:
+                shortfall = (f"only {len(members)} networks distinct from each other and from the answer exist within "
+                             f"{settings.tolerance:.0%} of the answer's {settings.budget} ({answer:,}); {variations} were "
+                             "asked for. Raise family.temperature or family.tolerance for more")
+                break
+            members.append(member)
     else:
         for target in settings.targets:
             resolved = builder.resolve(target)
             name = f"{settings.budget}_{target:.3g}" if target <= 1 else f"{settings.budget}_{int(target)}"
-            members.append(builder.member(name, resolved, avoid=[m.arch for m in members]))
-    rows = []
-    for member in members:
-        # the run's answer itself (a budget it fits) is kept as the run left it: polished, so more epochs at a
-        # restarted rate would only perturb it
-        epochs = 0 if generator.graph.same_network(member.arch, answer_arch) else settings.finetune_epochs
-        rows.append(_finish(member, epochs, generator, referee, datamodule, task, recipe, output_dir, trainer_kwargs))
-    result = {"budget": settings.budget, "gate": extra["gate"], "prototype": extra.get("prototype"), "rows": rows,
-              "diversity": diversity([m.arch for m in members], generator.graph)}
+            member = builder.member(name, resolved, avoid=[m.arch for m in members])
+            members.append(member or builder.member(name, resolved))  # a budget shared with another member: its network
+    rows = [_finish(member, builder, answer_arch, referee, settings, datamodule, task, recipe, output_dir, trainer_kwargs)
+            for member in members]
+    result = {"budget": settings.budget, "gate": extra["gate"], "prototype": extra.get("prototype"),
+              "generator": str(Path(generator_path).resolve()), "rows": rows,
+              "diversity": diversity([m.arch for m in members], generator.graph), "shortfall": shortfall}
+    if shortfall:
+        print(f"[family] {shortfall}", flush=True)
     if output_dir is not None:
         write_family(Path(output_dir), result)
     return result
 
 
-def _finish(member: Member, epochs: int, generator: Generator, referee: Referee, datamodule, task, recipe: Recipe,
-            output_dir: str | Path | None, trainer_kwargs: dict | None) -> dict:
-    """Fine-tune ``epochs`` (learning from φ), validate, judge by every condition of the run, test, time and save one
-    member."""
-    print(f"[family] {member.name}: built at {member.cost:,} (target {member.target:,}), fine-tuning {epochs} epochs",
-          flush=True)
-    module = recipe.module(member.network, task)
-    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, num_sanity_val_steps=0)
-    trainer = L.Trainer(max_epochs=epochs, **{**defaults, **(trainer_kwargs or {})})
-    if epochs > 0:
-        with recipe.distilling(generator.prototype, module):
-            trainer.fit(module, datamodule=datamodule)
-    logged = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    monitor = referee.gate.monitor
-    metrics = {gate.monitor: float(logged[gate.monitor]) for gate in referee.requirements.gates}
-    test = None
-    if has_test_split(datamodule):
-        test = {k.removeprefix("test/"): float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
-    network = module.net.cpu().eval()
-    report = dataclasses.replace(referee.report(network, generator.input_shape, metrics), test=test)
-    row = {"name": member.name, "target": member.target, "reached": member.reached, "seed": member.seed, "epochs": epochs,
-           **report.to_dict(), "unmet": [v.name for v in report.unmet()],
-           "test_metric": (test or {}).get(monitor.split("/", 1)[-1]),
-           "widths": member.arch.widths(), "removed_blocks": member.arch.removed_blocks}
-    if output_dir is not None:
-        folder = save_network(Path(output_dir) / member.name, network, member.arch, generator.graph,
-                              generator.prototype_config, report.to_dict())
-        onnx = export_onnx(network, generator.input_shape, folder / ONNX_FILE)
-        timings = measure_latency(network, onnx, generator.input_shape, (1,), repeats=20)
-        row["latency_ms"] = next(t["median_ms"] for t in timings if t["runtime"] == "onnxruntime")
-    unmet = ", ".join(v.describe() for v in report.unmet()) or f"misses {referee.gate.describe()}"
-    verdict = "meets every condition" if report.gate_passed else f"fails: {unmet}"
-    print(f"[family] {member.name}: {report.macs:,} MACs, {monitor} {report.metric:.4f} ({verdict})", flush=True)
-    return row
-
-
-def write_family(directory: Path, result: dict) -> None:
-    """family.json (everything), family.csv (the table) and family.png (metric against MACs)."""
-    write_text_atomic(directory / "family.json", json.dumps(result, indent=2))
-    lines = [",".join(FAMILY_COLUMNS)] + [",".join(str(row.get(c, "")) for c in FAMILY_COLUMNS) for row in result["rows"]]
-    write_text_atomic(directory / "family.csv", "\n".join(lines) + "\n")
-    family_plot(result, directory / "family.png")
-
-
-def format_family(result: dict) -> str:
-    """The family as a console table, with the diversity figure."""
-    header = " | ".join(f"{c:>12}" for c in FAMILY_COLUMNS)
-    lines = [header]
-    for row in result["rows"]:
-        cells = []
-        for column in FAMILY_COLUMNS:
-            value = row.get(column)
-            cells.append(f"{value:>12.4f}" if isinstance(value, float) else f"{value!s:>12}")
-        lines.append(" | ".join(cells))
-    passed = sum(row["gate_passed"] for row in result["rows"])
-    lines.append(f"{passed}/{len(result['rows'])} members meet every condition; diversity (mean share of channels two members "
-                 f"do not have in common) {result['diversity']:.3f}")
-    return "\n".join(lines)
+def _finish(member: Member, builder: FamilyBuilder, answer_arch: Architecture, referee: Referee,
+            settings: FamilySettings, datamodule, task, recipe: Recipe, output_dir, trainer_kwargs) -> dict:
+    """Fine-tune and judge a member; one that cannot pass is replaced by a larger network within its budget (its
+    target plus the tolerance), when the generator builds one."""
+    generator = builder.generator
+    # the run's answer is kept as the run left it: its own polished weights, not rebuilt from an ancestor
+    answer = generator.graph.same_network(member.arch, answer_arch)
+    network = builder.trained(member.arch) if answer else member.network
+    common = (generator, referee, settings.finetune_epochs, datamodule, task, recipe, output_dir, trainer_kwargs)
+    row = finish_member(member.name, network, member.arch, *common, answer=answer)
+    row.update(target=member.target, reached=member.reached, seed=member.seed)
+    if row["gate_passed"] or row["stop"] not in (REJECTED_EARLY, EPOCH_LIMIT) or not member.reached:
+        return row
+    ceiling = member.target * (1 + settings.tolerance)
+    larger = builder.member(member.name, round((member.cost + ceiling) / 2), member.seed + 1, avoid=[member.arch])
+    if larger is None or not member.cost < larger.cost <= ceiling:
+        row["replacement"] = "none: no larger network within the budget"
+        return row
+    replaced = finish_member(larger.name, larger.network, larger.arch, *common)
+    replaced.update(target=member.target, reached=True, seed=larger.seed,
+                    replaces={"macs": row["macs"], "metric": row["metric"], "stop": row["stop"]})
+    return replaced

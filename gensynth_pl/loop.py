@@ -31,6 +31,7 @@ from gensynth_pl.metrics import count_macs, count_params
 from gensynth_pl.proposer import Proposal, Proposer
 from gensynth_pl.record import CycleEntry, PolishEntry, SynthesisRecord
 from gensynth_pl.referee import Choice, Decision, Referee
+from gensynth_pl.macmap import format_mac_map, mac_map
 from gensynth_pl.outputs import finish_run, save_run
 from gensynth_pl.report import cycle_header, cycle_row, epoch_line, final_summary, polish_line
 from gensynth_pl.rundir import RunDirectory
@@ -272,7 +273,7 @@ class SynthesisLoop:
     def save_progress(self) -> None:
         """Write everything decided so far, so an interrupted run loses nothing."""
         if self.run_dir is not None and self.collective.is_main:
-            save_run(self.run_dir, self.record, self.generator, self.inquisitor, self.requirements, self.best,
+            save_run(self.run_dir, self.record, self.generator, self.inquisitor, self.referee,
                      best_changed=self._saved_best is not self.best)
             self._saved_best = self.best
 
@@ -282,9 +283,10 @@ class SynthesisLoop:
         self.teaching.stop()
         if self.best is None:
             return None
+        rows = mac_map(self.graph, self.generator.prototype, self.best.network, self.best.arch, self.settings.min_channels)
         if self.run_dir is not None and self.collective.is_main:
-            finish_run(self.run_dir, self.record, self.best, self.input_shape, self.settings.export_onnx)
-        self._log(final_summary(self.record))
+            finish_run(self.run_dir, self.record, self.best, self.input_shape, self.settings.export_onnx, rows)
+        self._log(final_summary(self.record) + "\n" + format_mac_map(rows))
         return copy.deepcopy(self.best.network)
 
     # --- checkpointing: the union of the collaborators' states ------------------------------------

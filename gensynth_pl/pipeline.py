@@ -10,7 +10,8 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from gensynth_pl.callbacks import GenerativeSynthesis
-from gensynth_pl.family import FAMILY_COLUMNS, build_family, format_family
+from gensynth_pl.family import build_family
+from gensynth_pl.members import FAMILY_COLUMNS, format_family
 from gensynth_pl.module import Recipe, SynthesisModule
 from gensynth_pl.record import SynthesisRecord
 from gensynth_pl.rundir import RunDirectory

@@ -44,6 +44,10 @@ class RunDirectory:
         return self.root / "latency_model.json"
 
     @property
+    def mac_map(self) -> Path:
+        return self.root / "mac_map.json"
+
+    @property
     def family(self) -> Path:
         return self.root / self.FAMILY
 

@@ -48,10 +48,13 @@ class Schedule:
     each cycle fine-tuning its candidate for up to ``epochs_per_cycle`` epochs at ``finetune_lr_scale`` of φ's
     learning rate; the polish fine-tunes the best candidate for ``polish_epochs`` plus whatever the cycles left.
     ``prototype_epochs=0``: φ is trained already; its phase is one epoch at learning rate 0, which validates
-    and probes it without changing its weights."""
+    and probes it without changing its weights. ``first_cycle_epochs`` (None: ``epochs_per_cycle``) lets the first
+    cycle train longer: with one-epoch cycles nothing else measures what a further epoch recovers, so the referee's
+    allowance would stay 0 (the epochs come out of the cycles' budget)."""
 
     def __init__(
-        self, prototype_epochs: int, cycles: int, epochs_per_cycle: int, finetune_lr_scale: float, polish_epochs: int = 0
+        self, prototype_epochs: int, cycles: int, epochs_per_cycle: int, finetune_lr_scale: float, polish_epochs: int = 0,
+        first_cycle_epochs: int | None = None,
     ) -> None:
         for name, value, low in (("prototype_epochs", prototype_epochs, 0), ("cycles", cycles, 1),
                                  ("epochs_per_cycle", epochs_per_cycle, 1), ("polish_epochs", polish_epochs, 0)):
@@ -59,6 +62,10 @@ class Schedule:
                 raise ValueError(f"synthesis.{name}={value!r} is invalid: it must be an integer >= {low}")
         if not 0 < finetune_lr_scale <= 1:
             raise ValueError(f"synthesis.finetune_lr_scale={finetune_lr_scale} must be in (0, 1]")
+        if first_cycle_epochs is not None and not (isinstance(first_cycle_epochs, int) and first_cycle_epochs >= 1):
+            raise ValueError(f"synthesis.first_cycle_epochs={first_cycle_epochs!r} must be an integer >= 1 (null: "
+                             "epochs_per_cycle)")
+        self.first_cycle_epochs = first_cycle_epochs or epochs_per_cycle
         self.prototype_epochs, self.cycles, self.epochs_per_cycle = prototype_epochs, cycles, epochs_per_cycle
         self.finetune_lr_scale, self.polish_epochs = finetune_lr_scale, polish_epochs
         trained = prototype_epochs == 0
@@ -101,8 +108,9 @@ class Schedule:
         self.phase = None
         if current.kind in (PROTOTYPE, CYCLE):
             left = self.cycle_budget - self.cycle_epochs_used
-            if left >= self.epochs_per_cycle:
-                self.phase = Phase(CYCLE, current.index + 1, self.epochs_per_cycle, self.finetune_lr_scale, start)
+            epochs = self.first_cycle_epochs if current.kind == PROTOTYPE else self.epochs_per_cycle
+            if left >= epochs:
+                self.phase = Phase(CYCLE, current.index + 1, epochs, self.finetune_lr_scale, start)
             elif can_polish and self.polish_epochs > 0:
                 self.phase = Phase(POLISH, current.index + 1, self.polish_epochs + left, self.finetune_lr_scale, start)
         return self.phase

@@ -8,6 +8,7 @@ import torch
 
 from benchmarks import gpu_scale, inference_speed, synthesis_overhead, synthesis_quality, task_runs
 from benchmarks.baselines import MAC_TOLERANCE
+from benchmarks.common import across_seeds
 from gensynth_pl import count_macs, netscore
 from gensynth_pl.models import cifar_resnet
 from gensynth_pl.timing import BOOKKEEPING, DISTILLATION, PROBE_AND_UPDATE
@@ -147,3 +148,22 @@ def test_task_runs_compare_segmentation_and_detection_prototypes_with_their_best
         assert run["best"]["netscore"] == pytest.approx(netscore(run["best"]["metric"], run["best"]["params"], run["best"]["macs"]))
     assert json.loads((tmp_path / "tasks.json").read_text())["table"] == result["table"]
     assert len(result["table"].splitlines()) == 6  # header, rule, prototype and best of each task
+
+
+def test_seeds_are_an_axis_each_seed_its_own_run_and_the_table_mean_and_spread(tmp_path):
+    seen = []
+
+    def measure(overrides, output):  # a comparison per seed: φ at 100 MACs, ours at 40 or 50
+        seen.append((overrides, output.name))
+        ours = 40 if overrides == ["seed=0"] else 50
+        return {"rows": [{"method": "prototype", "macs": 100, "val_acc": 0.80, "test_acc": 0.79},
+                         {"method": "gensynth", "macs": ours, "val_acc": 0.78 + ours / 1000, "test_acc": None}]}
+
+    result = across_seeds(tmp_path / "quality.json", 2, measure)
+    assert seen == [(["seed=0"], "quality_seed0.json"), (["seed=1"], "quality_seed1.json")]
+    ours = next(r for r in result["rows"] if r["method"] == "gensynth")
+    assert ours["seeds"] == 2 and ours["reduction_mean"] == pytest.approx(2.25)  # 2.5x and 2.0x
+    assert ours["reduction_std"] == pytest.approx(0.3536, abs=1e-4) and ours["val_acc_mean"] == pytest.approx(0.825)
+    assert ours["test_acc_mean"] is None and "± 0.35" in result["table"]
+    assert json.loads((tmp_path / "quality.json").read_text())["seeds"] == [0, 1]
+    assert across_seeds(tmp_path / "one.json", 1, lambda overrides, output: {"overrides": overrides})["overrides"] == []

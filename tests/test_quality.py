@@ -159,3 +159,16 @@ def test_distillation_narrows_the_gap_to_the_teacher_on_a_tiny_run(tiny_data):
         with torch.no_grad():
             gaps[weight] = float(soft_target_loss(student.eval()(inputs), teacher(inputs), 1.0))
     assert gaps[1.0] < gaps[0.0] - 0.05  # measured: 1.02 against 1.15
+
+
+def test_one_epoch_cycles_measure_the_recovery_in_a_longer_first_cycle(prototype):
+    loop = make_loop(Schedule(1, 4, 1, 0.2, polish_epochs=1, first_cycle_epochs=2))
+    loop.trace(prototype, TINY_SHAPE)
+    network = run_epochs(loop, prototype, [0.80])
+    assert loop.schedule.phase.epochs == 2  # the first cycle: two epochs
+    network = run_epochs(loop, network, [0.70, 0.79], start=1)  # recovers 0.09 from its first epoch to its second
+    assert loop.referee.allowance() == pytest.approx(0.75 * 0.09) and loop.schedule.phase.epochs == 1
+    run_epochs(loop, network, [0.74], start=3)  # one epoch, 0.04 below the bound 0.78: within the measured recovery
+    assert [c.epochs for c in loop.record.cycles] == [2, 1] and loop.record.cycles[-1].reason.value == "allowed"
+    with pytest.raises(ValueError, match="first_cycle_epochs=0"):
+        Schedule(1, 4, 1, 0.2, first_cycle_epochs=0)

@@ -216,3 +216,15 @@ def test_a_log_without_a_terminal_gets_a_progress_line_per_epoch(tiny_resnet, ti
         ["[gensynth] epoch 1/3", "prototype"], ["[gensynth] epoch 2/3", "cycle 1"], ["[gensynth] epoch 3/3", "cycle 2"]
     ]
     assert all("val/acc" in line and "elapsed" in line and "eta" in line for line in lines)
+
+
+def test_the_run_says_where_the_macs_are(finished_run):
+    out, callback, _, _ = finished_run
+    rows = json.loads((out / "mac_map.json").read_text())
+    partition = [r for r in rows if r["kind"] in ("group", "fixed", "other")]  # blocks overlap their groups
+    assert sum(r["share"] for r in partition) == pytest.approx(1.0)
+    assert sum(r["phi_macs"] for r in partition) == callback.record.prototype.macs
+    assert sum(r["answer_macs"] for r in partition) == callback.record.best.macs
+    groups = [r for r in rows if r["kind"] == "group"]
+    assert all(r["can_shrink"] for r in groups) and any(r["answer_macs"] < r["phi_macs"] for r in groups)
+    assert [r["kind"] for r in rows if r["name"] == "fc"] == ["fixed"]  # the classifier's outputs cannot shrink
