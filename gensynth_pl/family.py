@@ -185,7 +185,7 @@ def build_family(
     # every condition of the run, as its cycles were judged; early rejection with the recovery the run measured
     referee = Referee(Requirements.from_record(extra["gate"]), recovery_allowance=0.0,
                       early_reject_margin=settings.early_reject_margin)
-    referee.recoveries = list(extra.get("recoveries", []))
+    referee.recoveries = [list(pair) for pair in extra.get("recoveries", [])]
     inquisitor = Inquisitor()
     inquisitor.load_state_dict(extra["inquisitor"])
     builder = FamilyBuilder(generator, inquisitor, settings.budget, settings.tolerance, settings.temperature)

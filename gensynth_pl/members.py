@@ -32,7 +32,7 @@ PASSED, BUDGET_MISSED, REJECTED_EARLY, EPOCH_LIMIT, THE_ANSWER = (
 class MemberJudge(L.Callback):
     """Judges a member after every epoch with the run's referee and stops its fine-tuning as soon as its metric gates
     are met (its budgets are fixed by its architecture: ``budgets``, measured once), or after its first epoch when
-    even the recovery the run measured leaves it short."""
+    even the recovery the run measured per epoch, over the epochs it has left, leaves it short."""
 
     def __init__(self, referee: Referee, budgets: dict[str, float]) -> None:
         self.referee, self.budgets = referee, budgets
@@ -46,7 +46,7 @@ class MemberJudge(L.Callback):
         if all(v.passed for v in self.referee.requirements.verdicts(self.metrics, None)):
             bounds = self.referee.requirements.bounds
             self.stop = PASSED if all(self.budgets[name] <= bound for name, bound in bounds.items()) else BUDGET_MISSED
-        elif self.referee.rejects_early(self.epochs, self.metrics[self.referee.gate.monitor]):
+        elif self.referee.rejects_early(self.epochs, self.metrics[self.referee.gate.monitor], trainer.max_epochs - 1):
             self.stop = REJECTED_EARLY
         else:
             return

@@ -21,7 +21,7 @@ def save_run(files: RunDirectory, record: SynthesisRecord, generator: Generator,
     the recovery the run measured, θ_I, the answer) and, when the answer changed, best/."""
     record.write(files.summary)
     best = referee.best
-    extra = {"gate": referee.requirements.to_dict(), "recoveries": list(referee.recoveries), "task": record.task,
+    extra = {"gate": referee.requirements.to_dict(), "recoveries": [list(pair) for pair in referee.recoveries], "task": record.task,
              "inquisitor": inquisitor.state_dict(), "prototype": record.prototype.to_dict(),
              "best": record.best.to_dict(), "best_arch": best.arch.to_dict()}
     generator.save(files.generator, extra=extra)

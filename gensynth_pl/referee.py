@@ -93,7 +93,7 @@ class Referee:
         self.recovery_allowance, self.early_reject_margin = recovery_allowance, early_reject_margin
         self.netscore_units = netscore_units
         self.collective = collective or SingleProcess()
-        self.recoveries: list[float] = []  # each candidate's rise from its first epoch to its last
+        self.recoveries: list[list[float]] = []  # each candidate's rise from its first epoch to its last, and over how many
         self.best: Choice | None = None  # the best network that meets every condition: the answer so far
         self.leader: Choice | None = None  # the best accepted candidate (within the allowance): what the polish takes
         self.warned_undertrained = False
@@ -149,23 +149,29 @@ class Referee:
             )
         return report
 
-    def measured_recovery(self) -> float | None:
-        """The median rise of a candidate's metric from its first epoch to its last in this run (None: unmeasured)."""
-        return statistics.median(self.recoveries) if self.recoveries else None
+    def measured_recovery(self, epochs: float | None = None) -> float | None:
+        """The median rise of a candidate's metric from its first epoch to its last in this run (None: unmeasured);
+        with ``epochs``: over that many further epochs (the median rise per epoch, times ``epochs``)."""
+        if not self.recoveries:
+            return None
+        if epochs is None:
+            return statistics.median(rise for rise, _ in self.recoveries)
+        return statistics.median(rise / span for rise, span in self.recoveries) * epochs
 
     def allowance(self) -> float:
         """How far below the bound an intermediate candidate may be and still be accepted."""
         recovery = self.measured_recovery()
         return self.recovery_allowance * max(recovery, 0.0) if recovery is not None else 0.0
 
-    def rejects_early(self, epochs_into_phase: int, metric: float) -> bool:
-        """After a cycle's first epoch: reject when even the recovery this run measured leaves the candidate more
-        than ``early_reject_margin`` below the allowed bound (or its training diverged)."""
+    def rejects_early(self, epochs_into_phase: int, metric: float, epochs_left: int | None = None) -> bool:
+        """After a network's first epoch: reject when even the recovery this run measured (over ``epochs_left`` more
+        epochs; None: a cycle's) leaves it more than ``early_reject_margin`` below the allowed bound (or its
+        training diverged)."""
         if self.early_reject_margin is None or epochs_into_phase != 1:
             return False
         if not math.isfinite(metric):
             return True
-        recovery = self.measured_recovery()
+        recovery = self.measured_recovery(epochs_left)
         if recovery is None:
             return False
         expected = self.gate.margin(metric) + max(recovery, 0.0) + self.allowance()
@@ -182,7 +188,7 @@ class Referee:
         accepted = not early and self.collective.all_agree(within)
         report = self.report(network, input_shape, metrics)
         if len(epoch_metrics) >= 2 and not diverged:
-            self.recoveries.append(epoch_metrics[-1] - epoch_metrics[0])
+            self.recoveries.append([epoch_metrics[-1] - epoch_metrics[0], len(epoch_metrics) - 1])
         if diverged:
             reason = Reason.DIVERGED
         elif early:
@@ -247,7 +253,8 @@ class Referee:
             return Choice(arch, rebuild(arch, saved["weights"]), NetworkReport.from_dict(saved["report"]), saved["cycle"])
 
         self.requirements.load_state_dict(state["requirements"])
-        self.recoveries, self.warned_undertrained = list(state["recoveries"]), state["warned_undertrained"]
+        self.recoveries = [list(pair) for pair in state["recoveries"]]
+        self.warned_undertrained = state["warned_undertrained"]
         self.best = choice(state["best"])
         self.leader = None if state["leader"] is None else choice(state["leader"])
 
