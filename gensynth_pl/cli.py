@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -31,6 +32,8 @@ def load_run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 def generate(cfg: DictConfig) -> None:
+    if cfg.threads:  # parallel jobs on one machine: one thread each, or they fight over the cores
+        torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.run_dir)
     run_cfg = load_run_config(run_dir, cfg.run_overrides)
     out = Path(HydraConfig.get().runtime.output_dir)
