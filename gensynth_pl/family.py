@@ -77,12 +77,15 @@ class FamilyBuilder:
             raise ValueError(f"family target {target} must be > 0 (a fraction of the prototype's {self.budget}, or a count)")
         return round(target * self.prototype_cost) if target <= 1 else int(target)
 
-    def member(self, name: str, target: int, seed: int = 0, avoid: list[Architecture] = ()) -> Member | None:
-        """The network for ``target``; a draw that builds one of ``avoid`` again is redrawn with the next seed. None
-        when every draw repeats one of ``avoid``: no further distinct network exists near this budget."""
+    def member(self, name: str, target: int, seed: int = 0, avoid: list[Architecture] = (),
+               near: bool = False) -> Member | None:
+        """The network for ``target``; a draw that builds one of ``avoid`` again (or, when ``near``, misses the
+        target's tolerance) is redrawn with the next seed, cut from the next larger ancestor every other draw. None
+        when every draw fails: no further distinct network exists near this budget."""
         for attempt in range(REDRAWS):
-            member = self._aimed(name, target, seed + attempt * 7_919, avoid)
-            if not any(self.generator.graph.same_network(member.arch, other) for other in avoid):
+            member = self._aimed(name, target, seed + attempt * 7_919, avoid, skip=attempt // 2)
+            distinct = not any(self.generator.graph.same_network(member.arch, other) for other in avoid)
+            if distinct and (member.reached or not near):
                 return member
         return None
 
@@ -91,22 +94,23 @@ class FamilyBuilder:
         same = [network for a, network in self.generator.lineage if self.generator.graph.same_network(a, arch)]
         return copy.deepcopy(same[-1]) if same else None
 
-    def _base(self, target: int, avoid: list[Architecture]) -> tuple[Architecture, nn.Module, int]:
+    def _base(self, target: int, avoid: list[Architecture], skip: int = 0) -> tuple[Architecture, nn.Module, int]:
         """The nearest accepted ancestor at least as large as the target (the prototype when none is) that is not
-        one of ``avoid`` (so that around an accepted network's own budget the members differ from it)."""
+        one of ``avoid`` (so that around an accepted network's own budget the members differ from it); ``skip``:
+        the next larger ones instead (a network cut from another ancestor differs more), up to the prototype."""
         graph = self.generator.graph
-        fits = [
-            (cost, index) for index, cost in enumerate(self._costs)
-            if cost >= target and (index == 0 or not any(graph.same_network(self.generator.lineage[index][0], a) for a in avoid))
-        ]
-        cost, index = min(fits, key=lambda fit: (fit[0], -fit[1])) if fits else (self._costs[0], 0)  # ties: the latest
-        arch, network = self.generator.lineage[index]
+        fits = sorted(  # by cost; ties: the latest first (the polished answer before its unpolished self)
+            ((cost, -index) for index, cost in enumerate(self._costs)
+             if cost >= target and (index == 0 or not any(graph.same_network(self.generator.lineage[index][0], a) for a in avoid))),
+        ) or [(self._costs[0], 0)]
+        cost, latest_first = fits[min(skip, len(fits) - 1)]
+        arch, network = self.generator.lineage[-latest_first]
         return arch, network, cost
 
-    def _aimed(self, name: str, target: int, seed: int, avoid: list[Architecture]) -> Member:
+    def _aimed(self, name: str, target: int, seed: int, avoid: list[Architecture], skip: int = 0) -> Member:
         """Aim the cut asked of the inquisitor (``aim_cut``, as the synthesis cycles do) until the built network's
         cost is within tolerance of the target."""
-        base_arch, base, base_cost = self._base(target, avoid)
+        base_arch, base, base_cost = self._base(target, avoid, skip)
         if base_cost <= target * (1 + self.tolerance):
             return Member(name, target, base_cost, base_arch, copy.deepcopy(base), seed, base_cost >= target * (1 - self.tolerance))
         generator = copy.copy(self.generator)  # its own θ_G: the learned generator keeps its logits
@@ -197,7 +201,8 @@ def build_family(
     if variations is not None:
         answer = extra["best"][settings.budget]
         for index in range(variations):
-            member = builder.member(f"variation_{index}", answer, seed=index, avoid=[answer_arch, *(m.arch for m in members)])
+            member = builder.member(f"variation_{index}", answer, seed=index, avoid=[answer_arch, *(m.arch for m in members)],
+                                    near=True)
             if member is None:
                 shortfall = (f"only {len(members)} networks distinct from each other and from the answer exist within "
                              f"{settings.tolerance:.0%} of the answer's {settings.budget} ({answer:,}); {variations} were "

@@ -39,7 +39,7 @@ def aim_cut(attempt: Callable[[float], tuple[float, T]], goal: Callable[[], floa
             attempts: int) -> tuple[T, float]:
     """Call ``attempt(aim)`` (it proposes, builds and returns the fraction it really cut and its result) until the
     cut is within ``tolerance`` x ``goal()`` of the goal, at most ``attempts`` times; the aim is corrected by
-    goal / cut, kept inside the bracket of aims that cut too little and too much. Returns the result that came
+    goal / cut (doubled when nothing was cut), kept inside the bracket of aims that cut too little and too much. Returns the result that came
     closest and the last aim (the next call starts from it)."""
     closest: tuple[float, T] | None = None
     too_little, too_much = AIM_RANGE[0], AIM_RANGE[1]
@@ -49,13 +49,13 @@ def aim_cut(attempt: Callable[[float], tuple[float, T]], goal: Callable[[], floa
         distance = abs(cut - target)
         if closest is None or distance < closest[0]:
             closest = (distance, result)
-        if distance <= tolerance * target or cut <= 0:
+        if distance <= tolerance * target:
             break
         if cut > target:
             too_much = min(too_much, aim)
         else:
             too_little = max(too_little, aim)
-        corrected = aim * target / cut
+        corrected = aim * target / cut if cut > 0 else aim * 2  # nothing cut: ask for more
         aim = corrected if too_little <= corrected <= too_much else math.sqrt(too_little * too_much)
         aim = min(AIM_RANGE[1], max(AIM_RANGE[0], aim))
     return closest[1], aim
