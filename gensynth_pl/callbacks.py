@@ -145,7 +145,7 @@ class GenerativeSynthesis(Callback):
         def hook(module, state_dict, prefix, *args) -> None:
             if self._restored or not trainer.ckpt_path:
                 return
-            checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=False)
+            checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True)
             state = checkpoint.get("callbacks", {}).get(self.state_key)
             if state:
                 candidate = self.loop.load_state_dict(state, self._network(pl_module))
