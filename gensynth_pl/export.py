@@ -19,7 +19,7 @@ from gensynth_pl.recipes import instantiate_trusted
 from gensynth_pl.rundir import (LATENCY_FILE, LEGACY_WEIGHTS_FILE, ONNX_FILE, SPEC_FILE, WEIGHTS_FILE, atomic_directory,
                                 write_atomic)
 from gensynth_pl.tensorfile import load_state_dict, save_state_dict
-from gensynth_pl.torch_utils import cpu_state_dict, evaluating
+from gensynth_pl.torch_utils import brief, cpu_state_dict, evaluating
 
 SPEC_FORMAT = "gensynth-network/1"
 SPEC_KEYS = {  # what load_network reads, and the JSON type each must have
@@ -115,7 +115,7 @@ def load_network(
         return graph.rebuild(prototype, Architecture.from_dict(spec["architecture"]), weights).eval()
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as error:
         raise ValueError(
-            f"{weights_path} does not fit the architecture in {spec_path} ({type(error).__name__}: {error}); the two "
+            f"{weights_path} does not fit the architecture in {spec_path} ({brief(error)}); the two "
             "files come from different saves, or the prototype passed in is not the network's: save it again"
         ) from error
 

@@ -19,7 +19,7 @@ from gensynth_pl.graph import Architecture, NetworkGraph
 from gensynth_pl.recipes import instantiate_trusted
 from gensynth_pl.tensorfile import is_safetensors, load_tensor_file, load_torch_file, save_tensor_file
 from gensynth_pl.timing import timed
-from gensynth_pl.torch_utils import cpu_state_dict
+from gensynth_pl.torch_utils import brief, cpu_state_dict
 
 KEEP_LOGIT = 20.0  # G_0 keeps every channel: a channel is dropped with probability sigmoid(-20) ~ 2e-9
 DROP_LOGIT = -20.0  # channels a parent no longer has
@@ -241,7 +241,7 @@ class Generator:
             generator.load_state_dict(data["state"])
         except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as error:
             raise ValueError(
-                f"{path}: its networks do not fit its prototype ({type(error).__name__}: {error}); the file is damaged, "
+                f"{path}: its networks do not fit its prototype ({brief(error)}); the file is damaged, "
                 "or the prototype passed in is not the one it was learned on"
             ) from error
         return generator, data["extra"]

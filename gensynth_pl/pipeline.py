@@ -17,6 +17,7 @@ from gensynth_pl.module import Recipe, SynthesisModule
 from gensynth_pl.record import SynthesisRecord
 from gensynth_pl.rundir import RunDirectory
 from gensynth_pl.tensorfile import load_state_dict
+from gensynth_pl.torch_utils import brief
 
 Build = Callable[[Any, str], Any]  # (a recipe node, what it is: "optimizer", "data"...) -> the object it describes
 
@@ -49,7 +50,7 @@ def load_weights(network: torch.nn.Module, path: str) -> None:
         network.load_state_dict(weights)
     except RuntimeError as error:
         raise ValueError(f"prototype_weights: '{path}' does not fit the {type(network).__name__} of the model config "
-                         f"({error}); {fix}") from error
+                         f"({brief(error)}); {fix}") from error
 
 
 def synthesize(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> tuple[SynthesisRecord, GenerativeSynthesis]:

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from gensynth_pl.rundir import write_atomic
+from gensynth_pl.torch_utils import brief
 
 TENSOR = "__tensor__"
 _PLAIN = (str, int, float, bool, type(None))
@@ -77,7 +78,7 @@ def load_torch_file(path: str | Path, fix: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # an unpickling refusal, a truncated zip, something else entirely
-        raise ValueError(f"{path} cannot be read as tensors and plain data ({type(error).__name__}: {error}); {fix}") from error
+        raise ValueError(f"{path} cannot be read as tensors and plain data ({brief(error)}); {fix}") from error
 
 
 def _read(path: str | Path, fix: str) -> tuple[dict[str, str], dict[str, Tensor]]:
