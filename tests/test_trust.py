@@ -26,7 +26,7 @@ from gensynth_pl.generator import LEGACY_FORMAT, Generator
 from gensynth_pl.inquisitor import Inquisitor
 from gensynth_pl.metrics import NetworkReport
 from gensynth_pl.models import cifar_resnet
-from gensynth_pl.recipes import UntrustedRecipeError, instantiate_trusted
+from gensynth_pl.recipes import UntrustedRecipeError, check_recipe, instantiate_trusted
 from gensynth_pl.rundir import LEGACY_WEIGHTS_FILE, WEIGHTS_FILE, RunDirectory
 from gensynth_pl.tasks import ClassificationTask
 from gensynth_pl.torch_utils import cpu_state_dict
@@ -302,8 +302,10 @@ def test_files_of_the_previous_version_still_load_and_their_recipes_are_checked(
     torch.save(legacy, tmp_path / RunDirectory.LEGACY_GENERATOR)
     files = RunDirectory(tmp_path)
     assert files.saved_generator.name == RunDirectory.LEGACY_GENERATOR
-    loaded, _ = Generator.load(files.saved_generator)
+    loaded, extra = Generator.load(files.saved_generator)
     assert loaded.sample(5) == generator.sample(5)
+    loaded.save(files.generator, extra=extra)  # converted, as docs/guides/trusting-files.md shows
+    assert files.saved_generator == files.generator and Generator.load(files.generator)[0].sample(5) == generator.sample(5)
     marker = tmp_path / "pwned"
     torch.save({**legacy, "prototype_config": _opener(marker)}, tmp_path / "hostile.pt")
     with pytest.raises(UntrustedRecipeError, match="'builtins.open'"):
@@ -318,3 +320,20 @@ def test_files_of_the_previous_version_still_load_and_their_recipes_are_checked(
     torch.save(cpu_state_dict(network), tmp_path / "best" / LEGACY_WEIGHTS_FILE)
     x = torch.randn(2, *TINY_SHAPE)
     assert torch.equal(load_network(tmp_path / "best")(x), network.eval()(x))
+
+
+def test_every_shipped_config_passes_the_allow_list():
+    """What runs of this version write is what the allow-list admits: every model, data and task option of conf/,
+    and the optimizer and scheduler, resolved as a run saves them."""
+    checks = [(["model=detectnet", "task=detection"], "model", "prototype"), (["task=segmentation"], "model", "prototype"),
+              (["model=refinenet", "task=segmentation"], "model", "prototype"), ([], "model", "prototype"),
+              (["data=cifar10"], "data", "data"), (["data=imagefolder", "data.root=x"], "data", "data"),
+              (["data=coco", "data.root=x", "task=detection"], "data", "data"),
+              (["data=camvid", "data.root=x", "task=segmentation"], "data", "data"),
+              (["task=detection"], "data", "data"), (["task=segmentation"], "data", "data"), ([], "data", "data"),
+              ([], "task", "task"), (["task=detection"], "task", "task"), (["task=segmentation"], "task", "task"),
+              ([], "optimizer", "optimizer"), ([], "scheduler", "scheduler")]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        for overrides, section, what in checks:
+            node = compose("train", overrides=overrides)[section]
+            check_recipe(OmegaConf.to_container(node, resolve=True), what, f"conf with {overrides}")
