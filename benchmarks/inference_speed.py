@@ -1,6 +1,6 @@
 """Measured speed-up of generated networks over their prototype against their MAC reduction.
 
-Reads a synthesis run directory (``generator.pt`` holds the prototype and every accepted network, ``best/``
+Reads a synthesis run directory (``generator.safetensors`` holds the prototype and every accepted network, ``best/``
 marks the best one), exports each network to ONNX and measures PyTorch eager and ONNX Runtime latency at
 batch 1 and 64 on CPU. Latencies are the median over ``--rounds`` round-robin passes over all networks, so
 that a change in machine load hits every network alike.
@@ -34,7 +34,7 @@ def lineage_networks(run_dir: Path) -> tuple[list[tuple[str, nn.Module]], tuple[
     An accepted polish re-enters the lineage with the architecture of its cycle's network; it is measured
     once, under the name ``polished``."""
     files = RunDirectory(run_dir)
-    generator, _ = Generator.load(files.generator)
+    generator, _ = Generator.load(files.saved_generator)
     best = Architecture.from_dict(json.loads((files.best / SPEC_FILE).read_text())["architecture"])
     archs: list[Architecture] = []
     networks: list[tuple[str, nn.Module]] = []
@@ -90,7 +90,7 @@ def format_speed(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run_dir", type=Path, help="a synthesis run directory (generator.pt, best/)")
+    p.add_argument("run_dir", type=Path, help="a synthesis run directory (generator.safetensors, best/)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median)")
     p.add_argument("--rounds", type=int, default=3, help="round-robin passes over all networks (median)")
     p.add_argument("--threads", type=int, help="intra-op threads, e.g. 1 as a latency budget measures (default: each runtime's)")

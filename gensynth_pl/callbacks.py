@@ -47,7 +47,7 @@ class GenerativeSynthesis(Callback):
     ``latency`` or a cost factory (gensynth_pl.costs), what a channel costs in the inquisitor's ranking.
     Output layers and removable blocks default to what the prototype declares (or tracing finds). The monitored
     gate metric must be logged at the end of every validation epoch. With ``output_dir`` the run directory
-    (summary.json, generator.pt, best/) is rewritten after every phase. ``family``: the networks for other
+    (summary.json, generator.safetensors, best/) is rewritten after every phase. ``family``: the networks for other
     budgets ``train.py`` builds after the run (gensynth_pl.family.build_family).
     """
 
@@ -153,7 +153,7 @@ class GenerativeSynthesis(Callback):
         def hook(module, state_dict, prefix, *args) -> None:
             if self._restored or not trainer.ckpt_path:
                 return
-            checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=False)
+            checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True)
             state = checkpoint.get("callbacks", {}).get(self.state_key)
             if state:
                 candidate = self.loop.load_state_dict(state, self._network(pl_module))

@@ -1,33 +1,46 @@
 """Console scripts: ``gensynth-generate`` (networks for budgets, or distinct networks at the answer's budget, from a
 learned generator; ``-m`` builds one member per job on any Hydra launcher), ``gensynth-gather`` (the members of such
 a sweep as one family) and ``gensynth-export`` (ONNX + verification + latency report of a saved network). All are
-Hydra apps."""
+Hydra apps.
+
+They open files that may come from someone else: the recipes in them pass gensynth_pl.recipes' allow-list unless
+the user trusts more (``trusted_targets=[...]``, ``trust_recipe=true``)."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gensynth_pl.export import export_onnx, load_network
+from gensynth_pl.export import export_onnx, load_network, read_spec
 from gensynth_pl.latency import measure_latency, verify_onnx
 from gensynth_pl.family import FamilySettings, build_family
 from gensynth_pl.members import format_family, gather_family
 from gensynth_pl.pipeline import log_family, recipe
-from gensynth_pl.rundir import LATENCY_FILE, ONNX_FILE, SPEC_FILE, RunDirectory, write_text_atomic
+from gensynth_pl.recipes import instantiate_trusted
+from gensynth_pl.rundir import LATENCY_FILE, ONNX_FILE, RunDirectory, write_text_atomic
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the project's conf/ (source or editable install)
+
+
+def run_config_path(run_dir: Path) -> Path:
+    return run_dir / ".hydra" / "config.yaml"
 
 
 def load_run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     """The composed config a train.py run saved (``.hydra/config.yaml``), with dotlist overrides."""
-    path = run_dir / ".hydra" / "config.yaml"
+    path = run_config_path(run_dir)
     if not path.is_file():
         raise FileNotFoundError(f"run_dir: {path} not found; point run_dir to a directory written by train.py")
     return OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+
+
+def trust(cfg: DictConfig) -> dict:
+    """The recipes the user vouches for beyond the allow-list (``trusted_targets``, ``trust_recipe``)."""
+    return {"trusted_targets": tuple(cfg.trusted_targets or ()), "trust_recipe": bool(cfg.trust_recipe)}
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
@@ -40,14 +53,16 @@ def generate(cfg: DictConfig) -> None:
     targets = tuple(cfg.targets) if cfg.targets else ()
     settings = FamilySettings(targets, cfg.budget, cfg.finetune_epochs, cfg.tolerance, cfg.temperature,
                               cfg.early_reject_margin)
+    build = partial(instantiate_trusted, source=run_config_path(run_dir), **trust(cfg))
     result = build_family(
-        RunDirectory(run_dir).generator,
-        instantiate(run_cfg.data),
-        instantiate(run_cfg.task),
+        RunDirectory(run_dir).saved_generator,
+        build(run_cfg.data, "data"),
+        build(run_cfg.task, "task"),
         settings,
-        recipe(run_cfg),
+        recipe(run_cfg, build),
         output_dir=out,
         variations=None if targets else cfg.num_networks,
+        **trust(cfg),
     )
     print(format_family(result))
     print(f"files in {out}")
@@ -73,8 +88,8 @@ def gather(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 def export(cfg: DictConfig) -> None:
     network_dir = Path(cfg.network_dir)
-    network = load_network(network_dir)
-    input_shape = tuple(json.loads((network_dir / SPEC_FILE).read_text())["input_shape"])
+    network = load_network(network_dir, **trust(cfg))
+    input_shape = tuple(read_spec(network_dir)["input_shape"])
     onnx_path = network_dir / ONNX_FILE
     if not onnx_path.is_file():
         export_onnx(network, input_shape, onnx_path)

@@ -1,16 +1,32 @@
-"""Save and reload generated networks as architecture spec + weights (timm-style), and ONNX export."""
+"""Save and reload generated networks as architecture spec + weights (timm-style), and ONNX export.
+
+A saved network is a folder: ``architecture.json`` (the spec, plain JSON) and ``weights.safetensors`` (tensors
+only), written and replaced as one unit; reading it runs no code from it (the prototype's recipe passes
+gensynth_pl.recipes' allow-list first). Folders of older versions (``weights.pt``, a torch pickle of tensors) are
+still read, with ``weights_only=True``.
+"""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
 from gensynth_pl.graph import Architecture, NetworkGraph
-from gensynth_pl.rundir import SPEC_FILE, WEIGHTS_FILE, write_atomic, write_text_atomic
-from gensynth_pl.torch_utils import cpu_state_dict, evaluating
+from gensynth_pl.recipes import instantiate_trusted
+from gensynth_pl.rundir import (LATENCY_FILE, LEGACY_WEIGHTS_FILE, ONNX_FILE, SPEC_FILE, WEIGHTS_FILE, atomic_directory,
+                                write_atomic)
+from gensynth_pl.tensorfile import load_state_dict, save_state_dict
+from gensynth_pl.torch_utils import brief, cpu_state_dict, evaluating
+
+SPEC_FORMAT = "gensynth-network/1"
+SPEC_KEYS = {  # what load_network reads, and the JSON type each must have
+    "format": str, "prototype": (dict, list, type(None)), "input_shape": list, "output_layers": (list, type(None)),
+    "removable_blocks": (list, type(None)), "architecture": dict,
+}
+_OWN_FILES = {SPEC_FILE, WEIGHTS_FILE, LEGACY_WEIGHTS_FILE, ONNX_FILE, LATENCY_FILE}
 
 
 def save_network(
@@ -21,11 +37,16 @@ def save_network(
     prototype_config: dict | None,
     report: dict | None = None,
 ) -> Path:
-    """Write ``architecture.json`` (spec, prototype recipe, input shape, report) and ``weights.pt``."""
+    """Write ``architecture.json`` (spec, prototype recipe, input shape, report) and ``weights.safetensors`` into a
+    new folder that then replaces ``directory`` as a whole (its ONNX export and latency report, which describe the
+    network saved before, go with it)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in _OWN_FILES) if directory.is_dir() else []
+    if foreign:
+        raise FileExistsError(f"{directory} holds files save_network did not write ({foreign[:5]}); it replaces the "
+                              "folder as a whole: choose a new or empty folder")
     spec = {
-        "format": "gensynth-network/1",
+        "format": SPEC_FORMAT,
         "prototype": prototype_config,
         "input_shape": list(graph.input_shape),
         "output_layers": graph.output_layers,
@@ -34,31 +55,69 @@ def save_network(
         "widths": arch.widths(),
         "report": report or {},
     }
-    weights = cpu_state_dict(network)
-    write_atomic(directory / WEIGHTS_FILE, lambda temporary: torch.save(weights, temporary))
-    write_text_atomic(directory / SPEC_FILE, json.dumps(spec, indent=2))  # last: a spec always has its weights
+    with atomic_directory(directory) as folder:
+        save_state_dict(folder / WEIGHTS_FILE, cpu_state_dict(network))
+        (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     return directory
 
 
-def load_network(directory: str | Path, prototype: nn.Module | None = None) -> nn.Module:
+def read_spec(directory: str | Path) -> dict:
+    """A saved network's ``architecture.json``, checked to hold what ``load_network`` needs."""
+    path = Path(directory) / SPEC_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: pass the folder written by save_network (e.g. <run>/best)")
+    fix = "copy the folder again, or save the network again with save_network"
+    try:
+        spec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): the file is damaged; {fix}") from error
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} holds a JSON {type(spec).__name__}, not an object: it is not a network spec; {fix}")
+    missing = sorted(key for key in SPEC_KEYS if key not in spec)
+    if missing:
+        raise ValueError(f"{path} lacks the key(s) {missing}: it is incomplete or not a network spec; {fix}")
+    if spec["format"] != SPEC_FORMAT:
+        raise ValueError(f"{path} has format {spec['format']!r}, not {SPEC_FORMAT!r}: it was not written by save_network "
+                         "of this version; save the network again with this version")
+    wrong = sorted(key for key, kind in SPEC_KEYS.items() if not isinstance(spec[key], kind))
+    if wrong or not all(isinstance(size, int) and size > 0 for size in spec["input_shape"]):
+        raise ValueError(f"{path}: {wrong or ['input_shape']} have the wrong type (input_shape: positive integers); {fix}")
+    return spec
+
+
+def load_network(
+    directory: str | Path,
+    prototype: nn.Module | None = None,
+    trusted_targets: Iterable[str] = (),
+    trust_recipe: bool = False,
+) -> nn.Module:
     """Rebuild a saved network from its spec and weights.
 
-    The prototype is re-created from the recipe in the spec (a Hydra ``_target_`` config); networks of
-    a prototype without a recipe need that prototype passed in (its weights do not matter).
+    The prototype is re-created from the recipe in the spec (a Hydra ``_target_`` config) only if every target in
+    it is on the allow-list of gensynth_pl.recipes, or in ``trusted_targets``, or ``trust_recipe`` (you trust the
+    whole folder); or pass the prototype module yourself (its weights do not matter): networks of a prototype
+    without a recipe need it.
     """
     directory = Path(directory)
+    spec = read_spec(directory)
     spec_path = directory / SPEC_FILE
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"{spec_path} not found: pass the folder written by save_network (e.g. <run>/best)")
-    spec = json.loads(spec_path.read_text())
     if prototype is None:
-        if not spec.get("prototype"):
+        if not spec["prototype"]:
             raise ValueError(f"{spec_path} has no prototype recipe; pass the prototype module to load_network")
-        prototype = instantiate(spec["prototype"])
-    input_shape = tuple(spec["input_shape"])
-    graph = NetworkGraph.trace(prototype, input_shape, spec["output_layers"], spec["removable_blocks"])
-    weights = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    return graph.rebuild(prototype, Architecture.from_dict(spec["architecture"]), weights).eval()
+        prototype = instantiate_trusted(spec["prototype"], "prototype", f"{spec_path} (prototype)", trusted_targets,
+                                        trust_recipe)
+    weights_path = directory / WEIGHTS_FILE
+    if not weights_path.is_file() and (directory / LEGACY_WEIGHTS_FILE).is_file():
+        weights_path = directory / LEGACY_WEIGHTS_FILE
+    weights = load_state_dict(weights_path, "the folder is incomplete or damaged: copy it again, or save the network again")
+    try:
+        graph = NetworkGraph.trace(prototype, tuple(spec["input_shape"]), spec["output_layers"], spec["removable_blocks"])
+        return graph.rebuild(prototype, Architecture.from_dict(spec["architecture"]), weights).eval()
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as error:
+        raise ValueError(
+            f"{weights_path} does not fit the architecture in {spec_path} ({brief(error)}); the two "
+            "files come from different saves, or the prototype passed in is not the network's: save it again"
+        ) from error
 
 
 def export_onnx(network: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:

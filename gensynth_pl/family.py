@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +176,8 @@ def build_family(
     variations: int | None = None,
     prototype: nn.Module | None = None,
     trainer_kwargs: dict | None = None,
+    trusted_targets: Iterable[str] = (),
+    trust_recipe: bool = False,
 ) -> dict:
     """Networks from a run's learned generator, fine-tuned until they meet every condition of the run (judged by
     its referee), tested where the data has a test split, timed (ONNX Runtime, batch 1) and, with ``output_dir``,
@@ -183,8 +186,9 @@ def build_family(
     One member per ``settings.targets``; or, with ``variations``, that many distinct networks at the budget of the
     run's answer, none of them the answer itself (they differ where the inquisitor is unsure; when fewer distinct
     ones exist, the result's ``shortfall`` says so). Returns ``{"rows": [...], "diversity": ...}``; a target no
-    network fits is reported (``reached: false``) with the closest network."""
-    generator, extra = Generator.load(generator_path, prototype)
+    network fits is reported (``reached: false``) with the closest network. ``prototype``, ``trusted_targets``,
+    ``trust_recipe``: how the generator file's prototype recipe is trusted (see Generator.load)."""
+    generator, extra = Generator.load(generator_path, prototype, trusted_targets, trust_recipe)
     for key in ("gate", "inquisitor", "best", "best_arch"):
         if key not in extra:
             raise ValueError(f"{generator_path} records no {key}; it was not written by a synthesis run of this version")

@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from gensynth_pl.graph import Architecture, NetworkGraph
-from gensynth_pl.rundir import write_atomic
+from gensynth_pl.recipes import instantiate_trusted
+from gensynth_pl.tensorfile import is_safetensors, load_tensor_file, load_torch_file, save_tensor_file
 from gensynth_pl.timing import timed
-from gensynth_pl.torch_utils import cpu_state_dict
+from gensynth_pl.torch_utils import brief, cpu_state_dict
 
 KEEP_LOGIT = 20.0  # G_0 keeps every channel: a channel is dropped with probability sigmoid(-20) ~ 2e-9
 DROP_LOGIT = -20.0  # channels a parent no longer has
 
 
-FILE_FORMAT = "gensynth-generator/2"
+FILE_FORMAT = "gensynth-generator/3"  # safetensors: tensors, plus the plain data as JSON
+LEGACY_FORMAT = "gensynth-generator/2"  # older versions' torch pickle of tensors and plain data, still read
+FILE_KEYS = ("prototype_config", "input_shape", "output_layers", "removable_blocks", "min_channels", "channel_multiple",
+             "state", "extra")
+STATE_KEYS = ("channel_logits", "block_logits", "passing_logits", "lineage")
 
 
 @dataclass
@@ -186,10 +191,10 @@ class Generator:
         self.lineage = lineage
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
-        """Write a generator file of tensors and plain data only (safe to open: ``load`` uses weights_only): the
-        prototype's recipe, graph settings, θ_G, the lineage's specs and weights, and ``extra``."""
+        """Write a generator file that cannot carry code (safetensors: tensors, and plain data as JSON): the
+        prototype's recipe, graph settings, θ_G, the lineage's specs and weights, and ``extra`` (plain data and
+        tensors)."""
         data = {
-            "format": FILE_FORMAT,
             "prototype_config": self.prototype_config,
             "input_shape": list(self.input_shape),
             "output_layers": self.graph.output_layers,
@@ -199,38 +204,66 @@ class Generator:
             "state": self.state_dict(),
             "extra": extra or {},
         }
-        write_atomic(path, lambda temporary: torch.save(data, temporary))
+        save_tensor_file(path, data, FILE_FORMAT)
 
     @classmethod
-    def load(cls, path: str | Path, prototype: nn.Module | None = None) -> tuple["Generator", dict]:
-        """Load a generator file written by ``save``; returns the generator and the ``extra`` it was saved with.
+    def load(
+        cls,
+        path: str | Path,
+        prototype: nn.Module | None = None,
+        trusted_targets: Iterable[str] = (),
+        trust_recipe: bool = False,
+    ) -> tuple["Generator", dict]:
+        """Load a generator file written by ``save`` (or an older version's ``generator.pt``); returns the generator
+        and the ``extra`` it was saved with.
 
-        The prototype is re-created from the recipe in the file (a Hydra ``_target_`` config); a generator of
-        a prototype without a recipe needs that prototype passed in (its weights do not matter)."""
+        The prototype is re-created from the recipe in the file (a Hydra ``_target_`` config) only if every target
+        in it is on the allow-list of gensynth_pl.recipes, or in ``trusted_targets``, or ``trust_recipe`` (you
+        trust the whole file); or pass the prototype module yourself (its weights do not matter): a generator of a
+        prototype without a recipe needs it."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"generator file {path} does not exist; point to the generator.pt of a finished run")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle-level failures: a foreign or corrupt file, or an older format
-            raise ValueError(f"{path} is not a gensynth-pl generator file that can be opened safely ({error})") from error
-        if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
-            raise ValueError(f"{path} is not a gensynth-pl generator file ({FILE_FORMAT})")
+        data = read_generator_file(path)
         if prototype is None:
             if not data["prototype_config"]:
                 raise ValueError(f"{path} has no prototype recipe; pass the prototype module: Generator.load(path, prototype)")
-            prototype = instantiate(data["prototype_config"])
-        generator = cls.from_prototype(
-            prototype,
-            tuple(data["input_shape"]),
-            data["output_layers"],
-            data["removable_blocks"],
-            data["min_channels"],
-            data["prototype_config"],
-            data["channel_multiple"],
-        )
-        generator.load_state_dict(data["state"])
+            prototype = instantiate_trusted(data["prototype_config"], "prototype", f"{path} (prototype_config)",
+                                            trusted_targets, trust_recipe)
+        try:
+            generator = cls.from_prototype(
+                prototype,
+                tuple(data["input_shape"]),
+                data["output_layers"],
+                data["removable_blocks"],
+                data["min_channels"],
+                data["prototype_config"],
+                data["channel_multiple"],
+            )
+            generator.load_state_dict(data["state"])
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as error:
+            raise ValueError(
+                f"{path}: its networks do not fit its prototype ({brief(error)}); the file is damaged, "
+                "or the prototype passed in is not the one it was learned on"
+            ) from error
         return generator, data["extra"]
+
+
+def read_generator_file(path: Path) -> dict:
+    """A generator file's plain data and tensors, checked to hold every key ``Generator.load`` needs."""
+    if not path.is_file():
+        raise FileNotFoundError(f"generator file {path} does not exist; point to the generator.safetensors of a finished run")
+    fix = "it is not a complete gensynth-pl generator file: copy it again, or save the generator again"
+    if is_safetensors(path):
+        data = load_tensor_file(path, FILE_FORMAT, fix)
+    else:
+        data = load_torch_file(path, f"{path.name} is not a gensynth-pl generator file that can be opened safely")
+        if not isinstance(data, dict) or data.get("format") != LEGACY_FORMAT:
+            raise ValueError(f"{path} is not a gensynth-pl generator file ({FILE_FORMAT} or {LEGACY_FORMAT})")
+    missing = [key for key in FILE_KEYS if key not in data]
+    state = data.get("state")
+    missing += [f"state.{key}" for key in STATE_KEYS if isinstance(state, dict) and key not in state]
+    if missing or not isinstance(state, dict):
+        raise ValueError(f"{path} lacks {missing or ['state']}: {fix}")
+    return data
 
 
 def _keep_most_likely(drawn: Tensor, logits: Tensor, parent: list[int], width: int) -> Tensor:

@@ -1,7 +1,9 @@
 """One synthesis run from a composed Hydra config: what ``train.py`` calls."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -15,29 +17,41 @@ from gensynth_pl.members import FAMILY_COLUMNS, format_family
 from gensynth_pl.module import Recipe, SynthesisModule
 from gensynth_pl.record import SynthesisRecord
 from gensynth_pl.rundir import RunDirectory
+from gensynth_pl.tensorfile import load_state_dict
+from gensynth_pl.torch_utils import brief
+
+Build = Callable[[Any, str], Any]  # (a recipe node, what it is: "optimizer", "data"...) -> the object it describes
 
 
-def optimization(cfg: DictConfig) -> dict:
-    """The run's optimizer and per-phase scheduler factories (``scheduler: null`` keeps the learning rate constant)."""
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    return {"optimizer": instantiate(cfg.optimizer), "scheduler": scheduler}
+def _own(node: Any, what: str) -> Any:
+    """Your own composed config: its recipes run as written."""
+    return instantiate(node)
 
 
-def recipe(cfg: DictConfig) -> Recipe:
+def optimization(cfg: DictConfig, build: Build = _own) -> dict:
+    """The run's optimizer and per-phase scheduler factories (``scheduler: null`` keeps the learning rate constant).
+    ``build``: how recipes become objects (a config read from a file: gensynth_pl.recipes.instantiate_trusted)."""
+    scheduler = build(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
+    return {"optimizer": build(cfg.optimizer, "optimizer"), "scheduler": scheduler}
+
+
+def recipe(cfg: DictConfig, build: Build = _own) -> Recipe:
     """How a run fine-tunes networks from its generator: its optimizer, scheduler, rate and distillation."""
     s = cfg.synthesis
-    return Recipe(**optimization(cfg), finetune_lr_scale=s.finetune_lr_scale, distill_weight=s.distill_weight,
+    return Recipe(**optimization(cfg, build), finetune_lr_scale=s.finetune_lr_scale, distill_weight=s.distill_weight,
                   distill_temperature=s.distill_temperature, distill_every=s.distill_every)
 
 
 def load_weights(network: torch.nn.Module, path: str) -> None:
-    """A trained prototype's weights (a state dict saved with torch.save, e.g. a run's best/weights.pt)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"prototype_weights: '{path}' does not exist; point it to a state dict saved with torch.save")
+    """A trained prototype's weights: a state dict in safetensors (e.g. a run's best/weights.safetensors, for the
+    same architecture) or saved with torch.save (read with weights_only=True)."""
+    fix = "point prototype_weights to a state dict of the model config's network (safetensors, or torch.save)"
+    weights = load_state_dict(path, f"prototype_weights: {fix}")
     try:
-        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        network.load_state_dict(weights)
     except RuntimeError as error:
-        raise ValueError(f"prototype_weights: '{path}' does not fit the {type(network).__name__} of the model config: {error}") from error
+        raise ValueError(f"prototype_weights: '{path}' does not fit the {type(network).__name__} of the model config "
+                         f"({brief(error)}); {fix}") from error
 
 
 def synthesize(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> tuple[SynthesisRecord, GenerativeSynthesis]:

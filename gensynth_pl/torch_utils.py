@@ -21,3 +21,10 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
 def cpu_state_dict(module: nn.Module) -> dict[str, Tensor]:
     """A detached CPU copy of a module's state, safe to keep or save while the module trains on."""
     return {key: value.detach().cpu().clone() for key, value in module.state_dict().items()}
+
+
+def brief(error: BaseException, lines: int = 3) -> str:
+    """``Type: message`` cut to its first ``lines`` lines (load_state_dict lists every mismatched tensor)."""
+    text = str(error).strip().splitlines() or [""]
+    more = f" ... ({len(text) - lines} more lines)" if len(text) > lines else ""
+    return f"{type(error).__name__}: " + " ".join(line.strip() for line in text[:lines]) + more

@@ -17,6 +17,7 @@ from gensynth_pl.data import CocoDetectionDataModule, SyntheticDetectionDataModu
 from gensynth_pl.data.detection import detection_transforms, transform_sample
 from gensynth_pl.models import DetectNet
 from gensynth_pl.family import FamilySettings, build_family
+from gensynth_pl.rundir import RunDirectory
 from gensynth_pl.tasks import DetectionTask
 
 from conftest import quiet_trainer
@@ -255,7 +256,7 @@ def test_tiny_synthesis_run_shrinks_the_detector_and_logs_map(tmp_path):
     assert "val/classes" not in trainer.callback_metrics  # non-scalar / integer outputs of the metric are not logged
     assert module.net.coverage.out_channels == 2 and module.net.bbox.out_channels == 4
     prototype = DetectNet(num_classes=2, width=8, stride=8)  # no recipe in a Python-API run: the prototype is passed
-    family = build_family(tmp_path / "generator.pt", data, task, FamilySettings(targets=(0.5,), finetune_epochs=0),
+    family = build_family(RunDirectory(tmp_path).generator, data, task, FamilySettings(targets=(0.5,), finetune_epochs=0),
                           prototype=prototype)
     assert family["rows"][0]["macs"] < summary["prototype"]["macs"] and 0.0 <= family["rows"][0]["metric"] <= 1.0
 

@@ -47,7 +47,7 @@ def test_a_member_that_is_the_answer_keeps_the_polished_answers_weights_and_metr
     out, callback, data = polished_run
     best = callback.record.best
     settings = FamilySettings(targets=(float(best.macs),), finetune_epochs=2)
-    (row,) = build_family(out / "generator.pt", data, ClassificationTask(4), settings, output_dir=tmp_path)["rows"]
+    (row,) = build_family(out / "generator.safetensors", data, ClassificationTask(4), settings, output_dir=tmp_path)["rows"]
     assert row["macs"] == best.macs and row["epochs"] == 0 and row["stop"] == THE_ANSWER
     assert row["metric"] == pytest.approx(best.metric, abs=1e-6)
     answer, member = weights_of(out / "best"), weights_of(tmp_path / row["name"])
@@ -57,7 +57,7 @@ def test_a_member_that_is_the_answer_keeps_the_polished_answers_weights_and_metr
 def test_variations_are_distinct_from_each_other_and_the_answer_or_the_shortfall_is_said(polished_run):
     out, callback, data = polished_run
     settings = FamilySettings(finetune_epochs=0, temperature=1e-4)  # nearly deterministic: few distinct draws
-    result = build_family(out / "generator.pt", data, ClassificationTask(4), settings, variations=4)
+    result = build_family(out / "generator.safetensors", data, ClassificationTask(4), settings, variations=4)
     rows, answer = result["rows"], callback.loop.best.arch
     assert len(rows) < 4 and "were asked for" in result["shortfall"]  # not the answer or one network repeated
     keys = [json.dumps([r["widths"], r["removed_blocks"]], sort_keys=True) for r in rows]
@@ -67,9 +67,9 @@ def test_variations_are_distinct_from_each_other_and_the_answer_or_the_shortfall
 
 def with_gate(out, tmp_path, **gate) -> str:
     """A copy of the run's generator file whose recorded gate is changed (as another run would have recorded it)."""
-    generator, extra = Generator.load(out / "generator.pt")
+    generator, extra = Generator.load(out / "generator.safetensors")
     extra["gate"] = {**extra["gate"], **gate}
-    path = tmp_path / "generator.pt"
+    path = tmp_path / "generator.safetensors"
     path.parent.mkdir(exist_ok=True)
     generator.save(path, extra=extra)
     return str(path)
@@ -78,7 +78,7 @@ def with_gate(out, tmp_path, **gate) -> str:
 def test_members_fine_tune_until_they_meet_every_condition_and_say_why_they_stopped(polished_run, tmp_path):
     out, _, data = polished_run
     task = ClassificationTask(4)
-    (easy,) = build_family(out / "generator.pt", data, task, FamilySettings(targets=(0.5,), finetune_epochs=3))["rows"]
+    (easy,) = build_family(out / "generator.safetensors", data, task, FamilySettings(targets=(0.5,), finetune_epochs=3))["rows"]
     assert easy["gate_passed"] and easy["stop"] == PASSED and easy["epochs"] == 1  # passed after one of three epochs
     impossible = with_gate(out, tmp_path, bound=1.01)  # no network reaches 101% accuracy
     settings = FamilySettings(targets=(0.5,), finetune_epochs=2, early_reject_margin=None)

@@ -6,6 +6,8 @@ from gensynth_pl.graph import Architecture, NetworkGraph
 from gensynth_pl.inquisitor import Inquisitor
 from gensynth_pl.metrics import count_macs, macs_per_module
 from gensynth_pl.models import cifar_resnet
+from gensynth_pl.rundir import RunDirectory
+from gensynth_pl.tensorfile import is_safetensors
 
 from conftest import TINY_SHAPE
 
@@ -71,19 +73,20 @@ def test_lineage_inheritance_equals_direct_materialisation():
 def test_generator_file_round_trip_and_wrong_prototype(tmp_path):
     generator = learned_generator(cifar_resnet(depth=14, width=8))
     generator.accept(generator.sample(3), generator.build(generator.sample(3)))
-    generator.save(tmp_path / "generator.pt", extra={"note": "x"})
+    path = tmp_path / RunDirectory.GENERATOR
+    generator.save(path, extra={"note": "x"})
     with pytest.raises(ValueError, match="no prototype recipe; pass the prototype"):
-        Generator.load(tmp_path / "generator.pt")
-    loaded, extra = Generator.load(tmp_path / "generator.pt", cifar_resnet(depth=14, width=8))
+        Generator.load(path)
+    loaded, extra = Generator.load(path, cifar_resnet(depth=14, width=8))
     assert extra == {"note": "x"} and loaded.sample(11) == generator.sample(11)
     assert loaded.parent_arch == generator.parent_arch
     x = torch.randn(2, *TINY_SHAPE)
     assert torch.equal(loaded.parent.eval()(x), generator.parent.eval()(x))  # weights, not the prototype's recipe
 
     generator.prototype_config = {"_target_": "gensynth_pl.models.cifar_resnet", "depth": 14, "width": 8}
-    generator.save(tmp_path / "with_recipe.pt")
-    assert torch.load(tmp_path / "with_recipe.pt", weights_only=True)["format"]  # tensors and plain data only
-    from_recipe, _ = Generator.load(tmp_path / "with_recipe.pt")
+    generator.save(tmp_path / "with_recipe.safetensors")
+    assert is_safetensors(tmp_path / "with_recipe.safetensors")  # tensors, and plain data as JSON: nothing to unpickle
+    from_recipe, _ = Generator.load(tmp_path / "with_recipe.safetensors")
     assert torch.equal(from_recipe.parent.eval()(x), generator.parent.eval()(x))
     (tmp_path / "pickled.pt").write_bytes(b"not a generator")
     with pytest.raises(ValueError, match="not a gensynth-pl generator file"):
@@ -92,8 +95,10 @@ def test_generator_file_round_trip_and_wrong_prototype(tmp_path):
     other = Generator.from_prototype(cifar_resnet(depth=14, width=4), TINY_SHAPE)
     with pytest.raises(ValueError, match="another prototype|different prototype|outside"):
         other.load_state_dict(generator.state_dict())
-    with pytest.raises(FileNotFoundError, match="generator.pt"):
-        Generator.load(tmp_path / "missing" / "generator.pt")
+    with pytest.raises(ValueError, match="do not fit its prototype.*different prototype"):
+        Generator.load(path, cifar_resnet(depth=14, width=4))
+    with pytest.raises(FileNotFoundError, match="generator.safetensors"):
+        Generator.load(tmp_path / "missing" / RunDirectory.GENERATOR)
 
 
 def test_channel_multiple_rounds_every_sampled_width_and_keeps_the_most_likely_channels():

@@ -6,6 +6,7 @@ from torch import nn
 
 from gensynth_pl import Gate, Inquisitor, Schedule, SynthesisLoop, count_macs
 from gensynth_pl.models import cifar_resnet
+from gensynth_pl.rundir import WEIGHTS_FILE
 from gensynth_pl.schedule import CYCLE, PROTOTYPE
 
 from conftest import TINY_SHAPE
@@ -109,7 +110,7 @@ def test_loop_state_round_trip_proposes_the_same_next_candidate(prototype, tmp_p
     assert loop.proposal.arch == restored.proposal.arch and loop.record.to_dict()["cycles"][0]["widths"] == \
         restored.record.to_dict()["cycles"][0]["widths"]
     assert count_macs(a, TINY_SHAPE) == count_macs(b, TINY_SHAPE)
-    assert (tmp_path / "summary.json").is_file() and (tmp_path / "best" / "weights.pt").is_file()
+    assert (tmp_path / "summary.json").is_file() and (tmp_path / "best" / WEIGHTS_FILE).is_file()
 
 
 def test_samples_that_rebuild_the_parent_are_redrawn_then_the_step_grows():

@@ -124,7 +124,7 @@ def test_a_family_member_must_meet_every_condition_of_the_run(prototype, tiny_da
                          log=lambda text: None, distill_weight=0.0)
     loop.trace(prototype, TINY_SHAPE)
     loop.end_epoch(0, prototype, {"val/acc": 0.5, "val/acc_macro": 0.5})  # φ concluded: the generator file is written
-    result = build_family(tmp_path / "generator.pt", tiny_data, ClassificationTask(4),
+    result = build_family(tmp_path / "generator.safetensors", tiny_data, ClassificationTask(4),
                           FamilySettings(targets=(0.5,), finetune_epochs=0), prototype=prototype)
     (row,) = result["rows"]
     unmet = "val/acc_macro" if condition == "secondary gate" else "macs"

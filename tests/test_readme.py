@@ -1,10 +1,11 @@
 """The README's examples run as written."""
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
+
+from gensynth_pl.rundir import RunDirectory
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -20,4 +21,4 @@ def test_plug_in_example_runs_and_writes_a_run_directory(tmp_path, monkeypatch):
     exec(compile(python_block_after("## Plug-in use"), "README-plug-in", "exec"), {})
     summary = json.loads((tmp_path / "gensynth_run" / "summary.json").read_text())
     assert len(summary["cycles"]) == 4 and summary["prototype"]["macs"] > 0
-    assert os.path.isfile(tmp_path / "gensynth_run" / "generator.pt")
+    assert RunDirectory(tmp_path / "gensynth_run").generator.is_file()

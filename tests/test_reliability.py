@@ -16,6 +16,7 @@ from PIL import Image
 from gensynth_pl import Gate, GenerativeSynthesis, Inquisitor, SynthesisModule
 from gensynth_pl.data import ImageFolderDataModule, SyntheticDataModule
 from gensynth_pl.models import cifar_resnet
+from gensynth_pl.rundir import ONNX_FILE, SPEC_FILE, WEIGHTS_FILE
 from gensynth_pl.tasks import ClassificationTask
 
 from conftest import quiet_trainer
@@ -49,7 +50,7 @@ def test_run_killed_mid_cycle_resumes_to_a_complete_run_directory(tmp_path):
     summary = summary_of(tmp_path)
     assert [c["cycle"] for c in summary["cycles"]] == [1, 2, 3, 4]
     assert summary["best"]["macs"] < summary["prototype"]["macs"]
-    assert {"architecture.json", "weights.pt", "network.onnx"} <= {p.name for p in (tmp_path / "best").iterdir()}
+    assert {SPEC_FILE, WEIGHTS_FILE, ONNX_FILE} <= {p.name for p in (tmp_path / "best").iterdir()}
 
 
 @pytest.mark.slow
@@ -86,7 +87,7 @@ def test_gate_that_cannot_be_met_ends_normally_and_keeps_the_prototype(tmp_path)
     summary = summary_of(tmp_path)
     assert not summary["any_candidate_passed"] and not summary["best"]["gate_passed"]
     assert summary["best_cycle"] == 0 and summary["best"]["macs"] == summary["prototype"]["macs"]
-    assert "NO network passed the gate" in result.stdout and (tmp_path / "best" / "weights.pt").is_file()
+    assert "NO network passed the gate" in result.stdout and (tmp_path / "best" / WEIGHTS_FILE).is_file()
 
 
 class DivergingModule(SynthesisModule):

@@ -16,6 +16,7 @@ from gensynth_pl.data import SyntheticDataModule
 from gensynth_pl.models import cifar_resnet
 from gensynth_pl.family import FamilySettings, build_family
 from gensynth_pl.graph import Architecture
+from gensynth_pl.rundir import RunDirectory
 from gensynth_pl.tasks import ClassificationTask
 
 from conftest import TINY_SHAPE, quiet_trainer
@@ -54,7 +55,7 @@ def test_run_writes_the_output_contract_and_shrinks_the_network(finished_run):
     assert summary["cycles"][1]["macs"] < summary["cycles"][0]["macs"]  # each cycle compresses its parent further
     assert summary["best"]["macs"] < summary["prototype"]["macs"]
     assert count_macs(module.net, TINY_SHAPE) == summary["best"]["macs"]  # the best network is left in the module
-    assert (out / "generator.pt").is_file() and (out / "best" / "network.onnx").is_file()
+    assert RunDirectory(out).generator.is_file() and (out / "best" / "network.onnx").is_file()
 
 
 def test_best_network_reloads_from_spec_and_weights_with_identical_outputs(finished_run):
@@ -70,7 +71,7 @@ def test_best_network_reloads_from_spec_and_weights_with_identical_outputs(finis
 def test_learned_generator_gives_distinct_networks_at_the_answers_budget(finished_run, tmp_path):
     out, callback, _, data = finished_run
     settings = FamilySettings(finetune_epochs=1)
-    result = build_family(out / "generator.pt", data, ClassificationTask(4), settings, output_dir=tmp_path, variations=3)
+    result = build_family(RunDirectory(out).generator, data, ClassificationTask(4), settings, output_dir=tmp_path, variations=3)
     rows, graph = result["rows"], callback.loop.graph
     archs = [Architecture.from_dict(json.loads((tmp_path / r["name"] / "architecture.json").read_text())["architecture"])
              for r in rows]
@@ -88,7 +89,7 @@ def test_learned_generator_gives_distinct_networks_at_the_answers_budget(finishe
 def test_a_network_for_each_budget_or_the_closest_when_none_fits(finished_run, tmp_path):
     out, callback, _, data = finished_run
     settings = FamilySettings(targets=(0.5, 0.25, 0.001), finetune_epochs=0)
-    rows = build_family(out / "generator.pt", data, ClassificationTask(4), settings)["rows"]
+    rows = build_family(RunDirectory(out).generator, data, ClassificationTask(4), settings)["rows"]
     prototype = callback.record.prototype.macs
     for row, fraction in zip(rows[:2], (0.5, 0.25)):
         assert row["reached"] and abs(row["macs"] / (fraction * prototype) - 1) <= 0.05, row
@@ -99,7 +100,7 @@ def test_a_member_at_the_answers_budget_is_the_answer_as_the_run_left_it(finishe
     out, callback, _, data = finished_run
     best = callback.record.best
     settings = FamilySettings(targets=(float(best.macs),), finetune_epochs=1)
-    (row,) = build_family(out / "generator.pt", data, ClassificationTask(4), settings)["rows"]
+    (row,) = build_family(RunDirectory(out).generator, data, ClassificationTask(4), settings)["rows"]
     assert row["macs"] == best.macs and row["epochs"] == 0  # not fine-tuned again
     assert row["metric"] == pytest.approx(best.metric, abs=1e-6)
 

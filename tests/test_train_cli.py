@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from gensynth_pl.data import CIFAR10DataModule, ImageFolderDataModule
+from gensynth_pl.rundir import ONNX_FILE, SPEC_FILE, WEIGHTS_FILE, RunDirectory
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -47,8 +48,8 @@ def test_train_py_writes_the_run_directory(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["task"] == "classification" and len(summary["cycles"]) == 2
     assert summary["best"]["macs"] < summary["prototype"]["macs"]
-    assert {"architecture.json", "weights.pt", "network.onnx"} <= {p.name for p in (tmp_path / "best").iterdir()}
-    assert (tmp_path / "generator.pt").is_file() and list(tmp_path.glob("csv/version_0/metrics.csv"))
+    assert {SPEC_FILE, WEIGHTS_FILE, ONNX_FILE} <= {p.name for p in (tmp_path / "best").iterdir()}
+    assert RunDirectory(tmp_path).generator.is_file() and list(tmp_path.glob("csv/version_0/metrics.csv"))
     assert "cycle |" in result.stdout and "best (cycle" in result.stdout  # the per-cycle table and final summary
     for network in ("prototype", "best"):  # the test split, evaluated after the synthesis
         assert 0.0 <= summary[network]["test"]["acc"] <= 1.0 and f"test split, {network}: acc" in result.stdout

@@ -6,8 +6,9 @@ annotations (``iscrowd: 1``) are skipped. Every problem found names the offendin
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 
 import torch
 from torch import Tensor
@@ -44,6 +45,20 @@ def _require(entry: dict, keys: tuple[str, ...], where: str) -> None:
         raise ValueError(f"{where} lacks the key(s) {missing}")
 
 
+def _finite_number(value: object) -> bool:
+    """A JSON number that is not NaN or infinite (Python's json reads NaN and Infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _inside(file_name: object, where: str) -> PurePath:
+    """``file_name`` as a path relative to the images folder that stays inside it (no absolute path, no '..')."""
+    relative = PurePosixPath(file_name.replace("\\", "/")) if isinstance(file_name, str) else None
+    if relative is None or not file_name or relative.is_absolute() or PureWindowsPath(file_name).drive or ".." in relative.parts:
+        raise ValueError(f"{where}: file_name {file_name!r} must be a path inside the images folder (relative, "
+                         "without '..'); fix the entry or move the image into the folder")
+    return relative
+
+
 def load_coco(annotation_file: str | Path, image_dir: str | Path) -> CocoAnnotations:
     """Parse and check a COCO annotations file; image files are checked to exist (not yet decoded)."""
     annotation_file, image_dir = Path(annotation_file), Path(image_dir)
@@ -69,10 +84,13 @@ def load_coco(annotation_file: str | Path, image_dir: str | Path) -> CocoAnnotat
         _require(image, ("id", "file_name", "width", "height"), where)
         if image["id"] in images:
             raise ValueError(f"{where}: image id {image['id']} is used twice")
-        path = image_dir / image["file_name"]
+        path = image_dir / _inside(image["file_name"], f"{where} (id={image['id']})")
         if not path.is_file():
             raise FileNotFoundError(f"{where} (id={image['id']}): image file '{path}' does not exist")
-        images[image["id"]] = {"path": path, "width": int(image["width"]), "height": int(image["height"]), "boxes": [], "labels": []}
+        size = [image["width"], image["height"]]
+        if not all(_finite_number(v) and v > 0 and float(v).is_integer() for v in size):
+            raise ValueError(f"{where} (id={image['id']}): width and height must be positive integers, got {size}")
+        images[image["id"]] = {"path": path, "width": int(size[0]), "height": int(size[1]), "boxes": [], "labels": []}
 
     for index, annotation in enumerate(data["annotations"]):
         where = f"'{annotation_file}': annotations[{index}] (id={annotation.get('id') if isinstance(annotation, dict) else '?'})"
@@ -85,8 +103,9 @@ def load_coco(annotation_file: str | Path, image_dir: str | Path) -> CocoAnnotat
         if annotation["category_id"] not in label_of:
             raise ValueError(f"{where}: category_id {annotation['category_id']} is not in 'categories' {category_ids}")
         bbox = annotation["bbox"]
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
-            raise ValueError(f"{where}: bbox must be [x, y, width, height] numbers, got {bbox!r}")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_finite_number(v) for v in bbox):
+            raise ValueError(f"{where}: bbox must be [x, y, width, height] finite numbers, got {bbox!r}; fix or "
+                             "remove the annotation")
         x, y, w, h = (float(v) for v in bbox)
         width, height = image["width"], image["height"]
         if w <= 0 or h <= 0:
