@@ -30,6 +30,7 @@ from gensynth_pl.members import EPOCH_LIMIT, REJECTED_EARLY, finish_member, writ
 TARGET_UNITS = ("macs", "params")  # what a family target counts
 AIM_ATTEMPTS = 14  # proposals at most while aiming a member's cut at its target
 REDRAWS = 8  # seeds tried for a member that differs from the others
+LARGER_BASES = 2  # further ancestors a member may be cut from when the nearest one yields nothing new
 
 
 @dataclass
@@ -81,10 +82,13 @@ class FamilyBuilder:
     def member(self, name: str, target: int, seed: int = 0, avoid: list[Architecture] = (),
                near: bool = False) -> Member | None:
         """The network for ``target``; a draw that builds one of ``avoid`` again (or, when ``near``, misses the
-        target's tolerance) is redrawn with the next seed, cut from the next larger ancestor every other draw. None
+        target's tolerance) is redrawn with the next seed: ``REDRAWS`` from the nearest ancestor, then half as many
+        from each of the next ``LARGER_BASES`` larger ones (a network cut from another ancestor differs more). None
         when every draw fails: no further distinct network exists near this budget."""
-        for attempt in range(REDRAWS):
-            member = self._aimed(name, target, seed + attempt * 7_919, avoid, skip=attempt // 2)
+        draws = [(0, attempt) for attempt in range(REDRAWS)]
+        draws += [(skip, attempt) for skip in range(1, LARGER_BASES + 1) for attempt in range(REDRAWS // 2)]
+        for skip, attempt in draws:
+            member = self._aimed(name, target, seed + attempt * 7_919, avoid, skip)
             distinct = not any(self.generator.graph.same_network(member.arch, other) for other in avoid)
             if distinct and (member.reached or not near):
                 return member
