@@ -39,8 +39,9 @@ def load_run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
 
 
 def trust(cfg: DictConfig) -> dict:
-    """The recipes the user vouches for beyond the allow-list (``trusted_targets``, ``trust_recipe``)."""
-    return {"trusted_targets": tuple(cfg.trusted_targets or ()), "trust_recipe": bool(cfg.trust_recipe)}
+    """The recipes the user vouches for beyond the allow-list (``trusted_targets``: a list, or one name)."""
+    targets = cfg.trusted_targets or ()
+    return {"trusted_targets": (targets,) if isinstance(targets, str) else tuple(targets), "trust_recipe": bool(cfg.trust_recipe)}
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")

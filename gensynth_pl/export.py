@@ -7,7 +7,9 @@ still read, with ``weights_only=True``.
 """
 from __future__ import annotations
 
+import filecmp
 import json
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,8 +40,8 @@ def save_network(
     report: dict | None = None,
 ) -> Path:
     """Write ``architecture.json`` (spec, prototype recipe, input shape, report) and ``weights.safetensors`` into a
-    new folder that then replaces ``directory`` as a whole (its ONNX export and latency report, which describe the
-    network saved before, go with it)."""
+    new folder that then replaces ``directory`` as a whole. Its ONNX export and latency report go with it, unless
+    they describe this very network (the same weights and input shape)."""
     directory = Path(directory)
     foreign = sorted(p.name for p in directory.iterdir() if p.name not in _OWN_FILES) if directory.is_dir() else []
     if foreign:
@@ -58,7 +60,21 @@ def save_network(
     with atomic_directory(directory) as folder:
         save_state_dict(folder / WEIGHTS_FILE, cpu_state_dict(network))
         (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+        _keep_exports(directory, folder, spec["input_shape"])
     return directory
+
+
+def _keep_exports(old: Path, new: Path, input_shape: list[int]) -> None:
+    """Carry the old folder's ONNX export and latency report over when they describe the network just saved: the
+    same weights (byte for byte) and input shape, only the spec's report changed (e.g. test metrics added)."""
+    try:
+        same = filecmp.cmp(old / WEIGHTS_FILE, new / WEIGHTS_FILE, shallow=False) and json.loads(
+            (old / SPEC_FILE).read_text())["input_shape"] == input_shape
+    except (OSError, ValueError, KeyError, TypeError):  # no old folder, or not one of ours
+        return
+    for name in (ONNX_FILE, LATENCY_FILE):
+        if same and (old / name).is_file():
+            shutil.copy2(old / name, new / name)
 
 
 def read_spec(directory: str | Path) -> dict:

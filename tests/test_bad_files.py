@@ -131,8 +131,12 @@ def test_best_is_replaced_as_one_folder_and_a_failed_save_keeps_the_old_one(tmp_
     first = save_best(best)
     export_onnx(first, TINY_SHAPE, best / ONNX_FILE)
     generator = tiny_generator()
+    for logits in generator.channel_logits.values():
+        logits[: len(logits) // 2] = -20.0  # the next network keeps half of every group
     arch = generator.sample(1)
     smaller = generator.build(arch)
+    save_network(best, first, generator.parent_arch, generator.graph, RECIPE, report={"test": {"acc": 0.5}})
+    assert (best / ONNX_FILE).is_file()  # the same network with a new report keeps its export
     save_network(best, smaller, arch, generator.graph, RECIPE)
     assert not (best / ONNX_FILE).exists()  # the older network's export does not sit beside the new spec
     x = torch.randn(2, *TINY_SHAPE)
