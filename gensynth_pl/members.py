@@ -12,7 +12,7 @@ import lightning as L
 from torch import nn
 
 from gensynth_pl.data.common import has_test_split
-from gensynth_pl.export import export_onnx, save_network
+from gensynth_pl.export import export_onnx, read_spec, save_network
 from gensynth_pl.generator import Generator
 from gensynth_pl.graph import Architecture
 from gensynth_pl.latency import measure_latency
@@ -20,7 +20,7 @@ from gensynth_pl.metrics import count_macs, count_params
 from gensynth_pl.module import Recipe
 from gensynth_pl.referee import Referee
 from gensynth_pl.report import family_plot
-from gensynth_pl.rundir import ONNX_FILE, SPEC_FILE, write_text_atomic
+from gensynth_pl.rundir import ONNX_FILE, write_text_atomic
 
 FAMILY_COLUMNS = ("name", "target", "reached", "macs", "params", "metric", "test_metric", "netscore", "gate_passed",
                   "epochs", "stop", "latency_ms")
@@ -139,7 +139,7 @@ def gather_family(directory: str | Path) -> dict:
     results = [json.loads(p.read_text()) for p in parts]
     generator, _ = Generator.load(results[0]["generator"])
     rows = [{**row, "job": part.parent.name} for part, result in zip(parts, results) for row in result["rows"]]
-    archs = [Architecture.from_dict(json.loads((part.parent / row["name"] / SPEC_FILE).read_text())["architecture"])
+    archs = [Architecture.from_dict(read_spec(part.parent / row["name"])["architecture"])
              for part, result in zip(parts, results) for row in result["rows"]]
     family = {**results[0], "rows": rows, "diversity": diversity(archs, generator.graph), "jobs": len(parts)}
     family.pop("shortfall", None)
