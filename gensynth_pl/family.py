@@ -17,6 +17,7 @@ from pathlib import Path
 import lightning as L
 from torch import nn
 
+from gensynth_pl.console import QuietTrainer
 from gensynth_pl.data.common import has_test_split
 from gensynth_pl.export import export_onnx, save_network
 from gensynth_pl.gates import Gate
@@ -214,7 +215,7 @@ def _finish(member: Member, epochs: int, generator: Generator, gate: Gate, datam
     module = recipe.module(member.network, task)
     defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, num_sanity_val_steps=0)
-    trainer = L.Trainer(max_epochs=epochs, **{**defaults, **(trainer_kwargs or {})})
+    trainer = QuietTrainer(max_epochs=epochs, **{**defaults, **(trainer_kwargs or {})})
     if epochs > 0:
         with recipe.distilling(generator.prototype, module):
             trainer.fit(module, datamodule=datamodule)
