@@ -109,8 +109,10 @@ def train(
     training = recipe(cfg)
     module = training.module(network, instantiate(cfg.task), fine_tuning)
     datamodule = instantiate(cfg.data)
-    trainer = instantiate(cfg.trainer, max_epochs=epochs, callbacks=[*(callbacks or []), EpochPrinter(label)], logger=False,
-                          check_val_every_n_epoch=epochs)  # nothing here is decided per epoch: validate once, at the end
+    # a baseline's trainer: the run's trainer settings, without Lightning's banners (EpochPrinter reports progress);
+    # nothing here is decided per epoch: validate once, at the end
+    trainer = instantiate(cfg.trainer, _target_="gensynth_pl.console.QuietTrainer", max_epochs=epochs,
+                          callbacks=[*(callbacks or []), EpochPrinter(label)], logger=False, check_val_every_n_epoch=epochs)
     with training.distilling(teacher, module):
         trainer.fit(module, datamodule=datamodule)
     return Trained(module, float(trainer.callback_metrics[cfg.gate.monitor]), test_metric(trainer, module, datamodule, cfg))

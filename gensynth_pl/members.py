@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 from torch import nn
 
+from gensynth_pl.console import QuietTrainer
 from gensynth_pl.data.common import has_test_split
 from gensynth_pl.export import export_onnx, read_spec, save_network
 from gensynth_pl.generator import Generator
@@ -67,7 +68,7 @@ def finish_member(name: str, network: nn.Module, arch: Architecture, generator: 
     module = recipe.module(network, task)
     defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, num_sanity_val_steps=0)
-    trainer = L.Trainer(max_epochs=epochs, callbacks=[judge], **{**defaults, **(trainer_kwargs or {})})
+    trainer = QuietTrainer(max_epochs=epochs, callbacks=[judge], **{**defaults, **(trainer_kwargs or {})})
     if epochs > 0:
         with recipe.distilling(generator.prototype, module):
             trainer.fit(module, datamodule=datamodule)

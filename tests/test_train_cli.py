@@ -45,6 +45,8 @@ def test_train_py_writes_the_run_directory(tmp_path):
     result = run_train(tmp_path, *TINY, "logger=csv", "data.test_size=64", "synthesis.family.targets=[0.5]",
                        "synthesis.family.finetune_epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr  # Lightning's banner once: the family's trainer runs quietly
+    assert console.count("GPU available") == 1 and console.count("Tip:") == 1, console[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["task"] == "classification" and len(summary["cycles"]) == 2
     assert summary["best"]["macs"] < summary["prototype"]["macs"]
