@@ -41,10 +41,29 @@ def save_network(
 
 
 def load_network(directory: str | Path, prototype: nn.Module | None = None) -> nn.Module:
-    """Rebuild a saved network from its spec and weights.
+    """Rebuild a saved network from its spec and weights, without any training objects.
 
-    The prototype is re-created from the recipe in the spec (a Hydra ``_target_`` config); networks of
-    a prototype without a recipe need that prototype passed in (its weights do not matter).
+    The prototype is re-created from the recipe in the spec (a Hydra ``_target_`` config), traced, and cut to the
+    saved architecture; then the saved weights are loaded (``torch.load(weights_only=True)``). Networks of a
+    prototype without a recipe (a plug-in user's own module) need that prototype passed in; its weights do not
+    matter.
+
+    Args:
+        directory: a folder written by ``save_network``: a run's ``best/``, a family member's folder.
+        prototype: the prototype module, when the spec has no recipe.
+
+    Returns:
+        The network as a plain ``nn.Module``, in eval mode, on the CPU.
+
+    Raises:
+        FileNotFoundError: ``directory`` has no ``architecture.json``.
+        ValueError: the spec has no prototype recipe and no ``prototype`` was given.
+
+    Example:
+        ```python
+        network = load_network("outputs/<date>/<time>/best")
+        logits = network(torch.zeros(1, 3, 32, 32))
+        ```
     """
     directory = Path(directory)
     spec_path = directory / SPEC_FILE

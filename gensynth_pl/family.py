@@ -171,9 +171,45 @@ def build_family(
     """Networks from a run's learned generator, fine-tuned, gated against the run's gate, tested where the data
     has a test split, timed (ONNX Runtime, batch 1) and, with ``output_dir``, saved with their table and plot.
 
-    One member per ``settings.targets``; or, with ``variations``, that many distinct networks at the budget of the
-    run's answer (they differ where the inquisitor is unsure). Returns ``{"rows": [...], "diversity": ...}``;
-    a target no network fits is reported (``reached: false``) with the closest network."""
+    Each member starts from the nearest accepted ancestor at least as large as its budget, lets the run's inquisitor
+    rank its channels and blocks, and aims the cut until the built network is within ``settings.tolerance`` of the
+    budget. A member that is the run's answer itself is kept as the run left it (0 epochs). Each member prints a
+    ``[family]`` line when built and when judged. ``train.py`` calls this after every run (``synthesis.family``);
+    ``gensynth-generate`` calls it on a finished run.
+
+    Args:
+        generator_path: a run's ``generator.pt``.
+        datamodule: the data to fine-tune, validate and test on (the run's own, or any with the same inputs).
+        task (ClassificationTask | SegmentationTask | DetectionTask): the task (loss, metrics) the members train
+            with, e.g. ``ClassificationTask(10)``.
+        settings: the budgets (``targets``: fractions of φ's ``budget`` when at most 1, counts otherwise), the
+            fine-tuning epochs, the tolerance and the sampling temperature.
+        recipe: the optimizer, scheduler, fine-tuning rate and distillation the members train with.
+        output_dir: where each member (``<name>/architecture.json``, ``weights.pt``, ``network.onnx``) and
+            ``family.json``, ``family.csv``, ``family.png`` are written; None: nothing is written.
+        variations: instead of one member per target, this many distinct networks at the budget of the run's answer
+            (they differ where the inquisitor is unsure; a draw that repeats an earlier one is redrawn).
+        prototype: the prototype module, for a generator learned from your own module (no recipe in the file).
+        trainer_kwargs: ``lightning.Trainer`` arguments for the members' fine-tuning (default: CPU, no logger).
+
+    Returns:
+        ``{"budget", "gate", "prototype", "rows", "diversity"}``: one row per member (``name``, ``target``,
+        ``reached``, ``macs``, ``params``, ``metric``, ``test_metric``, ``netscore``, ``gate_passed``,
+        ``latency_ms`` with ``output_dir``, widths, removed blocks) and the mean share of channels two members do
+        not have in common. A target no network fits is reported (``reached: false``) with the closest network.
+
+    Raises:
+        FileNotFoundError: ``generator_path`` does not exist.
+        ValueError: the file is not a generator written by a synthesis run of this version, has no prototype recipe
+            and no ``prototype`` was given, or a target or setting is out of range.
+
+    Example:
+        ```python
+        family = build_family("outputs/<date>/<time>/generator.pt", SyntheticDataModule(), ClassificationTask(10),
+                              FamilySettings(targets=(0.5, 0.25)), output_dir="family")
+        [(row["name"], row["macs"], row["gate_passed"]) for row in family["rows"]], family["diversity"]
+        ```
+    """
     generator, extra = Generator.load(generator_path, prototype)
     for key in ("gate", "inquisitor", "best", "best_arch"):
         if key not in extra:
