@@ -30,25 +30,69 @@ from gensynth_pl.settings import DEFAULTS, SynthesisSettings
 
 
 class GenerativeSynthesis(Callback):
-    """Generator-inquisitor synthesis of the network stored at ``pl_module.<network_attr>``.
+    """Generator-inquisitor synthesis of the network stored at ``pl_module.<network_attr>``, as a Lightning callback.
 
-    Schedule: ``prototype_epochs`` train φ; the cycles share ``cycles`` x ``epochs_per_cycle`` epochs, each
-    fine-tuning one generated candidate for up to ``epochs_per_cycle`` epochs (the first for ``first_cycle_epochs``
-    when set: with one-epoch cycles, a two-epoch first cycle measures the recovery the allowance needs) at ``finetune_lr_scale`` of φ's
-    learning rate; then the best candidate is polished for ``polish_epochs`` plus the epochs the cycles left
-    (a candidate rejected early frees the rest of its epochs). The inquisitor probes the first ``probe_batches``
-    batches of each phase's last epoch. Generator: each sample (``seed``, ``temperature``) keeps at least
-    ``min_channels`` of every group, widths rounded to multiples of ``channel_multiple`` (at most a quarter of
-    the group's width; 1: exact). Judging: ``recovery_allowance``, ``early_reject_margin`` (see Referee).
-    Every candidate and the polish learn from φ's outputs with weight ``distill_weight`` (0: off) at temperature
-    ``distill_temperature``, on every ``distill_every``-th batch, through the module's ``distillation_loss`` (a module
-    can set it to None to opt out).
-    ``gate``: a Gate or Requirements (several metric gates, MAC/param/latency budgets); ``cost``: ``macs``,
-    ``latency`` or a cost factory (gensynth_pl.costs), what a channel costs in the inquisitor's ranking.
-    Output layers and removable blocks default to what the prototype declares (or tracing finds). The monitored
-    gate metric must be logged at the end of every validation epoch. With ``output_dir`` the run directory
-    (summary.json, generator.safetensors, best/) is rewritten after every phase. ``family``: the networks for other
-    budgets ``train.py`` builds after the run (gensynth_pl.family.build_family).
+    Add it to your own ``Trainer`` with ``max_epochs=synthesis.total_epochs``. The callback trains the prototype φ,
+    resolves the gate against φ's score, then swaps generated candidates into the module cycle after cycle
+    (rebuilding the optimizers through ``configure_optimizers`` after every swap), polishes the best one, and at the
+    end of ``fit`` leaves the answer, the best network that meets every condition, in the module. Every setting's
+    default here is also the Hydra default of ``python train.py`` (``synthesis.*``).
+
+    Args:
+        gate: the operational requirement: a ``Gate`` (one metric) or ``Requirements`` (several metric gates, MAC,
+            parameter and latency budgets). Its monitored metrics must be logged at the end of every validation
+            epoch.
+        cycles: synthesis cycles; they share ``cycles`` x ``epochs_per_cycle`` epochs.
+        epochs_per_cycle: the most epochs one candidate is fine-tuned (a candidate rejected early frees the rest).
+        prototype_epochs: epochs that train φ (0 with weights trained already: one epoch at rate 0 validates and
+            probes it).
+        probe_batches: batches the inquisitor probes at the start of each phase's last epoch.
+        seed: the sampling seed; each cycle's draw derives from it and the cycle number.
+        temperature: sampling temperature of the keep-logits.
+        min_channels: the fraction of each channel group every sample keeps.
+        channel_multiple: sampled widths are rounded to multiples of this (at most a quarter of the group's
+            width); 1 keeps exact widths.
+        finetune_lr_scale: candidates and the polish train at this fraction of φ's learning rate.
+        polish_epochs: epochs that fine-tune the best candidate after the cycles (plus the epochs they left).
+        recovery_allowance: intermediate candidates are accepted within this fraction of the recovery measured in
+            this run (first epoch to last) below the bound; 0 judges them at the real bound.
+        early_reject_margin: a candidate whose first-epoch metric plus the measured recovery stays this far below its
+            allowed bound is rejected at once; None never rejects early.
+        distill_weight: weight of distillation from φ into every candidate and the polish (0: off).
+        distill_temperature: distillation temperature.
+        distill_every: distil on every k-th batch, at k times the weight.
+        cost: what a channel costs in the inquisitor's ranking: ``"macs"``, ``"latency"`` (measured per layer) or a
+            factory ``(prototype, CostContext) -> Costs`` (gensynth_pl.costs).
+        network_attr: the module attribute that holds the network to synthesise.
+        inquisitor: the inquisitor's settings and importance rule (default: ``Inquisitor()``).
+        input_shape: one input's shape without the batch dimension (default: read from the first batch).
+        output_layers: layers never pruned (default: what the prototype declares, or tracing finds).
+        removable_blocks: residual blocks that may be removed whole (default: declared or traced).
+        prototype_config: the prototype's Hydra recipe, saved so the generator and networks reload without it.
+        output_dir: the run directory (summary.json, generator.safetensors, best/), rewritten after every phase; None:
+            nothing is written.
+        task_name: the task named in summary.json and the console.
+        export_onnx: also export the answer to ``best/network.onnx``.
+        netscore_units: the units and exponents of NetScore.
+        progress_lines: print one line per epoch; None: only when stdout is not a terminal.
+        family: the networks for other budgets ``train.py`` builds after the run (``build_family``).
+        first_cycle_epochs: epochs of the first cycle (None: ``epochs_per_cycle``); with one-epoch cycles, 2
+            measures what a further epoch recovers, which the recovery allowance needs.
+
+    Raises:
+        ValueError: a setting out of range (the message names it and the valid range), at construction; at
+            ``fit``: ``trainer.max_epochs`` below ``total_epochs`` or ``check_val_every_n_epoch`` other than 1.
+        AttributeError: at ``fit``, the module has no ``nn.Module`` attribute named ``network_attr``.
+        KeyError: after the first validation epoch, a gate metric was not logged (the message lists those that were).
+
+    Example:
+        ```python
+        synthesis = GenerativeSynthesis(Gate("val_acc", threshold=0.01), network_attr="backbone",
+                                        cycles=4, prototype_epochs=3, output_dir="gensynth_run")
+        trainer = L.Trainer(max_epochs=synthesis.total_epochs, callbacks=[synthesis])
+        trainer.fit(MyModule(), datamodule=datamodule)
+        synthesis.record.best   # the answer's params, MACs, metric, NetScore; the module now holds the answer
+        ```
     """
 
     def __init__(

@@ -46,6 +46,33 @@ def trust(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 def generate(cfg: DictConfig) -> None:
+    """``gensynth-generate``: networks from the generator a finished ``train.py`` run learned (``build_family``).
+
+    Rebuilds the run's data and task from its ``.hydra/config.yaml`` (changed by ``run_overrides``), then builds one
+    network per budget in ``targets``, or, without targets, ``num_networks`` distinct networks at the budget of the
+    run's answer. Each is fine-tuned learning from φ until it meets every condition of the run (at most
+    ``finetune_epochs``), judged by the run's referee, tested where the data has a test split and timed; the family
+    table is printed. With ``-m`` and several ``targets`` values, one member per job (then ``gensynth-gather``).
+
+    Settings (``conf/generate.yaml``): ``run_dir`` (required), ``num_networks`` (4), ``targets`` (fractions of φ's
+    ``budget`` when at most 1, counts otherwise), ``budget`` (``macs`` or ``params``), ``finetune_epochs`` (6, a
+    limit), ``early_reject_margin`` (null), ``tolerance`` (0.05), ``temperature`` (1.0), ``threads`` (null),
+    ``run_overrides`` (e.g. ``[data.root=/data/cifar10]``), ``trusted_targets``, ``trust_recipe``.
+
+    Writes ``<run_dir>/generated/<date>_<time>/``: one folder per network (``architecture.json``, ``weights.safetensors``,
+    ``network.onnx``), ``family.json``, ``family.csv``, ``family.png``.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` holds no ``.hydra/config.yaml`` or generator file.
+        ValueError: the generator file was not written by a synthesis run of this version, or a setting is out of
+            range.
+
+    Example:
+        ```bash
+        gensynth-generate run_dir=outputs/<date>/<time> num_networks=8
+        gensynth-generate run_dir=outputs/<date>/<time> targets=[0.5,0.33,0.25,0.167] finetune_epochs=4
+        ```
+    """
     if cfg.threads:  # parallel jobs on one machine: one thread each, or they fight over the cores
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.run_dir)
@@ -88,6 +115,27 @@ def gather(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 def export(cfg: DictConfig) -> None:
+    """``gensynth-export``: ONNX export (if missing), verification against PyTorch, and a latency report.
+
+    Loads the network with ``load_network``, exports ``network.onnx`` beside it when it is missing, checks that ONNX
+    Runtime computes what PyTorch computes, and times both runtimes at each batch size (median over ``repeats``
+    after ``warmup`` runs). Prints the table and writes ``latency.json`` beside the network.
+
+    Settings (``conf/export.yaml``): ``network_dir`` (required: a run's ``best/`` or a family member's folder),
+    ``batch_sizes`` ([1, 64]), ``repeats`` (20), ``warmup`` (3), ``threads`` (null: each runtime's default; 1 to
+    match ``gate.latency.threads=1``).
+
+    Raises:
+        FileNotFoundError: ``network_dir`` holds no saved network.
+        ValueError: the spec has no prototype recipe.
+        AssertionError: ONNX Runtime's outputs differ from PyTorch's beyond the tolerance.
+
+    Example:
+        ```bash
+        gensynth-export network_dir=outputs/<date>/<time>/best batch_sizes=[1,64]
+        gensynth-export network_dir=outputs/<date>/<time>/best batch_sizes=[64] threads=1
+        ```
+    """
     network_dir = Path(cfg.network_dir)
     network = load_network(network_dir, **trust(cfg))
     input_shape = tuple(read_spec(network_dir)["input_shape"])

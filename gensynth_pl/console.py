@@ -4,12 +4,14 @@ Lightning announces every Trainer it builds ("GPU available", "TPU available", a
 ("Loading `train_dataloader` to estimate number of stepping batches"). Once, for the main trainer, that says
 something; repeated for each family member or benchmark baseline it buries the run's own progress lines. Those
 trainers are ``QuietTrainer``s: Lightning's info messages are off while they are built and run, its warnings
-stay.
+stay. Warnings no setting of ours can fix (one dependency using another's deprecated API) are hidden by the entry
+points (``silence_foreign_warnings``); every warning of our own names the setting that fixes it.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -17,6 +19,14 @@ import lightning as L
 
 # the loggers Lightning's rank-zero info messages go through (lightning_utilities routes them to the last one)
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero")
+# (category, message) of warnings between dependencies that a user can neither fix nor act on
+FOREIGN_WARNINGS = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),)  # Lightning's use of torch
+
+
+def silence_foreign_warnings() -> None:
+    """Hide ``FOREIGN_WARNINGS``; for entry points (``train.py``), not for a library user's own process."""
+    for category, message in FOREIGN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 @contextmanager

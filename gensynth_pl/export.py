@@ -107,12 +107,34 @@ def load_network(
     trusted_targets: Iterable[str] = (),
     trust_recipe: bool = False,
 ) -> nn.Module:
-    """Rebuild a saved network from its spec and weights.
+    """Rebuild a saved network from its spec and weights, without any training objects.
 
     The prototype is re-created from the recipe in the spec (a Hydra ``_target_`` config) only if every target in
     it is on the allow-list of gensynth_pl.recipes, or in ``trusted_targets``, or ``trust_recipe`` (you trust the
-    whole folder); or pass the prototype module yourself (its weights do not matter): networks of a prototype
-    without a recipe need it.
+    whole folder); it is traced and cut to the saved architecture, then the saved weights are loaded (safetensors;
+    an older version's ``weights.pt`` with ``torch.load(weights_only=True)``). Networks of a prototype without a
+    recipe (a plug-in user's own module) need that prototype passed in; its weights do not matter.
+
+    Args:
+        directory: a folder written by ``save_network``: a run's ``best/``, a family member's folder.
+        prototype: the prototype module, when the spec has no recipe (or to use it instead of the recipe).
+        trusted_targets: recipe targets you trust beyond the allow-list, by exact name.
+        trust_recipe: run the recipe as written (only for a folder you trust entirely).
+
+    Returns:
+        The network as a plain ``nn.Module``, in eval mode, on the CPU.
+
+    Raises:
+        FileNotFoundError: ``directory`` has no ``architecture.json``.
+        ValueError: the spec is damaged, has no prototype recipe and no ``prototype`` was given, or the weights do
+            not fit it (each message names the file and the fix).
+        UntrustedRecipeError: the recipe names a target outside the allow-list (the message says how to trust it).
+
+    Example:
+        ```python
+        network = load_network("outputs/<date>/<time>/best")
+        logits = network(torch.zeros(1, 3, 32, 32))
+        ```
     """
     directory = Path(directory)
     spec = read_spec(directory)

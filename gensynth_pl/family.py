@@ -187,11 +187,49 @@ def build_family(
     its referee), tested where the data has a test split, timed (ONNX Runtime, batch 1) and, with ``output_dir``,
     saved with their table and plot.
 
-    One member per ``settings.targets``; or, with ``variations``, that many distinct networks at the budget of the
-    run's answer, none of them the answer itself (they differ where the inquisitor is unsure; when fewer distinct
-    ones exist, the result's ``shortfall`` says so). Returns ``{"rows": [...], "diversity": ...}``; a target no
-    network fits is reported (``reached: false``) with the closest network. ``prototype``, ``trusted_targets``,
-    ``trust_recipe``: how the generator file's prototype recipe is trusted (see Generator.load)."""
+    Each member starts from the nearest accepted ancestor at least as large as its budget, lets the run's inquisitor
+    rank its channels and blocks, and aims the cut until the built network is within ``settings.tolerance`` of the
+    budget, then fine-tunes (learning from φ) until it meets every condition of the run, judged by the run's referee
+    (``members.finish_member``); one that cannot pass is replaced by a larger network within its budget when one
+    exists. A member that is the run's answer itself is kept as the run left it (its own weights, 0 epochs). Each
+    member prints a ``[family]`` line when built and when judged. ``train.py`` calls this after every run (``synthesis.family``);
+    ``gensynth-generate`` calls it on a finished run.
+
+    Args:
+        generator_path: a run's ``generator.safetensors`` (or an older version's ``generator.pt``).
+        datamodule: the data to fine-tune, validate and test on (the run's own, or any with the same inputs).
+        task (ClassificationTask | SegmentationTask | DetectionTask): the task (loss, metrics) the members train
+            with, e.g. ``ClassificationTask(10)``.
+        settings: the budgets (``targets``: fractions of φ's ``budget`` when at most 1, counts otherwise), the
+            fine-tuning epoch limit, the tolerance, the sampling temperature and early rejection.
+        recipe: the optimizer, scheduler, fine-tuning rate and distillation the members train with.
+        output_dir: where each member (``<name>/architecture.json``, ``weights.safetensors``, ``network.onnx``) and
+            ``family.json``, ``family.csv``, ``family.png`` are written; None: nothing is written.
+        variations: instead of one member per target, this many distinct networks within the tolerance of the answer's
+            budget, none of them the answer (a draw that repeats one is redrawn; fewer: ``shortfall`` says so).
+        prototype: the prototype module, for a generator learned from your own module (no recipe in the file).
+        trusted_targets, trust_recipe: how the generator file's prototype recipe is trusted (see ``Generator.load``).
+        trainer_kwargs: ``lightning.Trainer`` arguments for the members' fine-tuning (default: CPU, no logger).
+
+    Returns:
+        ``{"budget", "gate", "prototype", "generator", "rows", "diversity", "shortfall"}``: one row per member
+        (``name``, ``target``, ``reached``, ``macs``, ``params``, ``metric``, ``test_metric``, ``netscore``,
+        ``gate_passed``, ``conditions``, ``unmet``, ``epochs``, ``stop``, ``replaces``,
+        ``latency_ms`` with ``output_dir``, widths, removed blocks) and the mean share of channels two members do
+        not have in common. A target no network fits is reported (``reached: false``) with the closest network.
+
+    Raises:
+        FileNotFoundError: ``generator_path`` does not exist.
+        ValueError: the file is not a generator written by a synthesis run of this version, has no prototype recipe
+            and no ``prototype`` was given, or a target or setting is out of range.
+
+    Example:
+        ```python
+        family = build_family("outputs/<date>/<time>/generator.safetensors", SyntheticDataModule(), ClassificationTask(10),
+                              FamilySettings(targets=(0.5, 0.25)), output_dir="family")
+        [(row["name"], row["macs"], row["gate_passed"]) for row in family["rows"]], family["diversity"]
+        ```
+    """
     generator, extra = Generator.load(generator_path, prototype, trusted_targets, trust_recipe)
     for key in ("gate", "inquisitor", "best", "best_arch"):
         if key not in extra:

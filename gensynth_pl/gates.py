@@ -11,8 +11,29 @@ from gensynth_pl.metrics import Verdict
 
 
 class Gate:
-    """``monitor`` must reach ``threshold`` (absolute), or stay within ``threshold`` of the prototype's
-    own score when ``relative`` (e.g. threshold=0.01: at most 1 point below φ's accuracy)."""
+    """One metric condition of 1_r: ``monitor`` must reach ``threshold`` (absolute), or stay within ``threshold`` of
+    the prototype's own score when ``relative`` (threshold=0.01: at most 1 point below φ's accuracy).
+
+    A relative gate has no bound until ``resolve`` gives it φ's score; the synthesis does that after φ's training.
+
+    Args:
+        monitor: the logged metric (``val/acc``, ``val/miou``, ``val/map_50``, or any name your module logs at the
+            end of every validation epoch).
+        threshold: the bound itself (absolute), or the allowed distance from φ's score (relative, >= 0).
+        relative: measure ``threshold`` from the prototype's score.
+        higher_is_better: False for metrics to minimise (a loss): the bound is then an upper bound.
+
+    Raises:
+        ValueError: an empty ``monitor``, a non-finite ``threshold``, or a negative ``threshold`` on a relative gate.
+
+    Example:
+        ```python
+        gate = Gate("val/acc", threshold=0.01)            # at most 1 point below φ
+        gate.resolve(0.9120)                              # φ's score: the bound becomes 0.9020
+        gate.passes(0.9050), gate.describe()              # (True, 'val/acc >= 0.9020 (prototype 0.9120 - 0.01)')
+        Gate("val/acc", threshold=0.89, relative=False)   # the paper's "accuracy >= 89%"
+        ```
+    """
 
     def __init__(self, monitor: str = "val/acc", threshold: float = 0.01, relative: bool = True, higher_is_better: bool = True) -> None:
         if not isinstance(monitor, str) or not monitor:
@@ -80,12 +101,34 @@ class Gate:
 class Requirements:
     """1_r as users state it: a conjunction of metric gates and cost budgets, all of which the answer must meet.
 
-    The first gate (``monitor``, ``threshold``, ``relative``, ``higher_is_better``, as ``Gate``) is the primary
-    one: what the run's allowance and early rejection measure. ``metrics``: more gates (``Gate`` arguments as
-    dicts, e.g. ``{"monitor": "val/acc_macro", "threshold": 0.02}``). Budgets: ``max_macs`` and ``max_params``
-    (counts, or fractions of the prototype's when at most 1) and ``max_latency_ms`` (median ms per batch,
-    measured on this machine with ``latency``). A budget never rejects an intermediate candidate: it keeps the
-    compression going until a network meets it."""
+    The first gate is the primary one: what the run's recovery allowance and early rejection measure. A budget never
+    rejects an intermediate candidate: it keeps the compression going until a network meets it. The answer is the
+    network with the highest NetScore that meets every condition; when none does, the run keeps the closest one and
+    says which condition failed. In Hydra this is the ``gate`` node of ``python train.py``.
+
+    Args:
+        monitor: the primary gate's metric, as ``Gate``.
+        threshold: the primary gate's bound, as ``Gate``.
+        relative: the primary gate's threshold is measured from φ's score, as ``Gate``.
+        higher_is_better: as ``Gate``.
+        metrics: more metric gates, as ``Gate`` arguments in dicts (or ``Gate`` objects), e.g.
+            ``({"monitor": "val/acc_macro", "threshold": 0.02},)``.
+        max_macs: a MAC budget: a count, or a fraction of φ's MACs when at most 1.
+        max_params: a parameter budget: a count, or a fraction of φ's parameters when at most 1.
+        max_latency_ms: median milliseconds per batch, measured on this machine as ``latency`` says.
+        latency: how latency is measured: runtime (``onnxruntime`` or ``pytorch``), batch, threads, repeats.
+
+    Raises:
+        ValueError: a budget that is not > 0, or an invalid metric gate (see ``Gate``). A budget below the smallest
+            network the prototype can become is an error when the synthesis starts, before any training.
+
+    Example:
+        ```python
+        requirements = Requirements("val/acc", threshold=0.01, max_macs=0.25,
+                                    metrics=({"monitor": "val/acc_macro", "threshold": 0.02},))
+        synthesis = GenerativeSynthesis(requirements, network_attr="backbone")
+        ```
+    """
 
     def __init__(
         self,

@@ -1,11 +1,12 @@
 """The console: Lightning's banners once per run, for the main trainer only."""
 import logging
+import warnings
 
 import lightning as L
 import pytest
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from gensynth_pl.console import LIGHTNING_LOGGERS, QuietTrainer
+from gensynth_pl.console import LIGHTNING_LOGGERS, QuietTrainer, silence_foreign_warnings
 
 BANNERS = ("GPU available", "TPU available", "Tip:")
 
@@ -46,3 +47,13 @@ def test_quiet_trainer_keeps_lightnings_banners_off_and_restores_its_loggers(lig
     assert [logging.getLogger(name).level for name in LIGHTNING_LOGGERS] == levels
     fit_and_validate(L.Trainer)  # and the next main trainer announces itself again
     assert any("GPU available" in m for m in lightning_messages)
+
+
+def test_only_the_foreign_warnings_are_silenced():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        silence_foreign_warnings()
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
+        warnings.warn("gate.threshold is weak: train the prototype longer (synthesis.prototype_epochs)", UserWarning)
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", UserWarning)
+    assert [type(w.message) for w in caught] == [UserWarning, UserWarning]
