@@ -31,7 +31,8 @@ class Costs(Protocol):
 
 
 class MacCosts:
-    """A channel costs its producers' and consumers' MACs per channel (in the network it is cut from)."""
+    """A channel costs its producers' and consumers' MACs per channel (in the network it is cut from); a unit of a
+    tiled group (conv groups, attention heads) costs its tiles' channels."""
 
     unit = "MACs"
 
@@ -42,7 +43,7 @@ class MacCosts:
                 module = modules.get(name)
                 if isinstance(module, PRUNABLE_TYPES):
                     cost += macs.get(name, 0) / _width(module, out)
-        return max(cost, 1.0)
+        return max(cost * group.tiles, 1.0)
 
     def block(self, block: str, modules: dict[str, nn.Module], macs: dict[str, int]) -> float:
         return float(macs.get(block, 0))
@@ -52,7 +53,8 @@ class MacCosts:
 
 
 class LatencyCosts:
-    """A channel costs the milliseconds one more channel adds to its producers and consumers at their current widths."""
+    """A channel costs the milliseconds one more channel adds to its producers and consumers at their current widths
+    (a unit of a tiled group: its tiles' channels)."""
 
     unit = "ms"
 
@@ -66,7 +68,7 @@ class LatencyCosts:
                 module = modules.get(name)
                 if isinstance(module, PRUNABLE_TYPES) and name in self.model.curves:
                     cost += self.model.slope(name, _width(module, False), _width(module, True), side)
-        return max(cost, 1e-9)
+        return max(cost * group.tiles, 1e-9)
 
     def block(self, block: str, modules: dict[str, nn.Module], macs: dict[str, int]) -> float:
         return sum(

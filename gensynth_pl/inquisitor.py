@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from gensynth_pl.costs import Costs, MacCosts
 from gensynth_pl.generator import DROP_LOGIT, KEEP_LOGIT, Generator, KeepLogits
-from gensynth_pl.graph import PRUNABLE_TYPES, Architecture, NetworkGraph
+from gensynth_pl.graph import NORM_TYPES, PRUNABLE_TYPES, Architecture, NetworkGraph
 from gensynth_pl.importance import INSIGHTS, Importance, resolve_importance
 from gensynth_pl.timing import emit, is_listened, timed
 
@@ -38,8 +38,30 @@ class ProbeResult:
     magnitude: dict[str, Tensor]
 
 
+@dataclass(frozen=True)
+class _Slice:
+    """The channels of one layer's output that belong to one group: their positions in the layer's output and the
+    position of the unit each belongs to among the group's kept units (the tiles of a unit share it)."""
+
+    group: str
+    positions: Tensor
+    units: Tensor
+
+    def to_units(self, values: Tensor, width: int, mean: bool = False) -> Tensor:
+        """(batch, layer channels) -> (batch, group units): each unit's channels summed (or averaged)."""
+        units = self.units.to(values.device)
+        out = values.new_zeros(values.shape[0], width).index_add_(1, units, values[:, self.positions.to(values.device)])
+        return out / torch.bincount(units, minlength=width).clamp_min(1) if mean else out
+
+
 class Probe:
-    """Hooks on a network's channel producers; active between ``attach`` and ``detach``."""
+    """Hooks on the layers that produce each live group's channels (its norm layers if it has any, else its conv and
+    linear layers); active between ``attach`` and ``detach``.
+
+    A hooked layer's output is reduced to one value per channel along its channel axis (dim 1 for convolutions and
+    batch/group norms, the last dim for linear layers and LayerNorm: tokens and channels-last maps) and each channel
+    is credited to the unit of the group that owns it (``NetworkGraph.module_channels``), so a layer whose output
+    concatenates several groups feeds each group its own slice."""
 
     def __init__(self, network: nn.Module, graph: NetworkGraph, arch: Architecture, max_responses: int) -> None:
         self.max_responses = max_responses
@@ -48,35 +70,47 @@ class Probe:
         self.targets: list[Tensor] = []
         self.batches = 0
         self._handles = []
-        self._weights: dict[str, list[nn.Module]] = {}  # each group's producing conv/linear layers
         modules = dict(network.named_modules())
-        for group in graph.groups.values():
-            if group.block in arch.removed_blocks:
-                continue
-            producers = [p for p in group.producers if p in modules]
-            norms = [p for p in producers if isinstance(modules[p], nn.modules.batchnorm._BatchNorm)]
-            self._weights[group.id] = [modules[p] for p in producers if isinstance(modules[p], PRUNABLE_TYPES)]
-            layers = norms or [p for p in producers if isinstance(modules[p], PRUNABLE_TYPES)]
-            for index, name in enumerate(layers):
-                hook = self._make_hook(group.id, record_response=index == 0)
-                self._handles.append(modules[name].register_forward_hook(hook))
+        live = graph.live_groups(arch)
+        self.widths = {g: len(arch.channels[g]) for g in live}
+        layouts = {
+            name: channels.kept(arch, live) for name, channels in graph.module_channels.items() if name in modules
+        }
+        self._weights: dict[str, list[tuple[nn.Module, _Slice]]] = {}  # each group's producing conv/linear layers
+        taps: dict[str, list[_Slice]] = {}
+        responding: dict[str, str] = {}  # group -> the layer whose responses it records
+        for group_id in (g for g in graph.groups if g in live):
+            producers = [p for p in graph.groups[group_id].producers if p in layouts]
+            weighted = [p for p in producers if isinstance(modules[p], PRUNABLE_TYPES)]
+            self._weights[group_id] = [(modules[p], _slice(layouts[p], group_id)) for p in weighted]
+            hooked = [p for p in producers if isinstance(modules[p], NORM_TYPES)] or weighted
+            for name in hooked:
+                taps.setdefault(name, []).append(_slice(layouts[name], group_id))
+            if hooked:
+                responding[group_id] = hooked[0]
+        for name, slices in taps.items():
+            hook = self._make_hook(name, len(layouts[name]), slices, responding)
+            self._handles.append(modules[name].register_forward_hook(hook))
 
-    def _make_hook(self, group_id: str, record_response: bool):
+    def _make_hook(self, name: str, width: int, slices: list[_Slice], responding: dict[str, str]):
         def hook(module: nn.Module, inputs, output: Tensor) -> None:
             if not torch.is_grad_enabled() or not isinstance(output, Tensor) or not output.requires_grad:
                 return
             with timed("probe"):
                 activation = output.detach().clone()  # an in-place activation may overwrite ``output`` later
-                spatial = tuple(range(2, activation.dim()))
-                if record_response and sum(len(r) for r in self.responses.get(group_id, [])) < self.max_responses:
-                    pooled = activation.mean(dim=spatial) if spatial else activation
-                    self.responses.setdefault(group_id, []).append(pooled.float().cpu())
+                axis = channel_axis(name, module, activation, width)
+                for part in slices:
+                    stored = self.responses.setdefault(part.group, [])
+                    if responding[part.group] == name and sum(len(r) for r in stored) < self.max_responses:
+                        pooled = per_channel(activation, axis, mean=True)
+                        stored.append(part.to_units(pooled, self.widths[part.group], mean=True).float().cpu())
 
             def accumulate(grad: Tensor) -> None:
                 start = time.perf_counter() if is_listened() else 0.0
-                per_sample = (activation * grad).sum(dim=spatial) if spatial else activation * grad
-                value = per_sample.abs().sum(0).float().cpu()
-                self.taylor[group_id] = self.taylor.get(group_id, 0) + value
+                per_sample = per_channel(activation * grad, axis)
+                for part in slices:
+                    value = part.to_units(per_sample, self.widths[part.group]).abs().sum(0).float().cpu()
+                    self.taylor[part.group] = self.taylor.get(part.group, 0) + value
                 if start:
                     emit("probe", time.perf_counter() - start)
 
@@ -97,8 +131,8 @@ class Probe:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        magnitude = {g: _mean_abs_weight(layers) for g, layers in self._weights.items() if layers}
-        responses = {g: torch.cat(r)[: self.max_responses] for g, r in self.responses.items()}
+        magnitude = {g: self._mean_abs_weight(g, layers) for g, layers in self._weights.items() if layers}
+        responses = {g: torch.cat(r)[: self.max_responses] for g, r in self.responses.items() if r}
         targets = torch.cat(self.targets) if self.targets else None
         if targets is not None and responses and len(targets) != len(next(iter(responses.values()))):
             targets = targets[: min(len(r) for r in responses.values())]
@@ -106,6 +140,44 @@ class Probe:
         batches = max(self.batches, 1)
         taylor = {g: t / batches for g, t in self.taylor.items()}
         return ProbeResult(taylor, responses, targets, self.batches, magnitude)
+
+    def _mean_abs_weight(self, group_id: str, layers: list[tuple[nn.Module, _Slice]]) -> Tensor:
+        """Mean |w| of each unit's output channels, averaged over the group's producing layers."""
+        per_layer = [
+            part.to_units(layer.weight.detach().abs().flatten(1).mean(1)[None].float().cpu(), self.widths[group_id], mean=True)[0]
+            for layer, part in layers
+        ]
+        return torch.stack(per_layer).mean(0)
+
+
+def _slice(layout: list[tuple[str, int] | None], group_id: str) -> _Slice:
+    """The positions of ``group_id``'s channels in a layer's output (``ModuleChannels.kept``) and their units."""
+    pairs = [(position, owner[1]) for position, owner in enumerate(layout) if owner is not None and owner[0] == group_id]
+    positions, units = zip(*pairs) if pairs else ((), ())
+    return _Slice(group_id, torch.tensor(positions, dtype=torch.long), torch.tensor(units, dtype=torch.long))
+
+
+def channel_axis(name: str, module: nn.Module, output: Tensor, width: int) -> int:
+    """The axis of ``output`` that holds the layer's ``width`` channels: dim 1 for convolutions and batch/group norms
+    (and LayerNorm subclasses that normalise channels-first maps, such as LayerNorm2d), the last dim for linear
+    layers and LayerNorm; otherwise the one non-batch axis of that size."""
+    channels_first = isinstance(module, (nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) or (
+        isinstance(module, nn.LayerNorm) and type(module).forward is not nn.LayerNorm.forward
+    )
+    preferred = 1 if channels_first else output.dim() - 1
+    if output.dim() > 1 and output.shape[preferred] == width:
+        return preferred
+    matching = [axis for axis in range(1, output.dim()) if output.shape[axis] == width]
+    if len(matching) != 1:
+        raise ValueError(f"cannot tell which axis of layer '{name}''s output {tuple(output.shape)} holds its {width} channels")
+    return matching[0]
+
+
+def per_channel(values: Tensor, axis: int, mean: bool = False) -> Tensor:
+    """(batch, ..., channels at ``axis``, ...) -> (batch, channels): summed (or averaged) over every other axis."""
+    moved = values.movedim(axis, -1)
+    flat = moved.reshape(moved.shape[0], -1, moved.shape[-1])
+    return flat.mean(1) if mean else flat.sum(1)
 
 
 @dataclass
@@ -368,9 +440,3 @@ def _redundancy(responses: Tensor) -> Tensor:
     correlation = (centred.T @ centred) / (norm[:, None] * norm[None, :])
     correlation.fill_diagonal_(0)
     return correlation.abs().max(1).values.clamp(0, 1)
-
-
-def _mean_abs_weight(layers: list[nn.Module]) -> Tensor:
-    """Mean |w| of each output channel, averaged over a group's producing layers."""
-    per_layer = [layer.weight.detach().abs().flatten(1).mean(1).float().cpu() for layer in layers]
-    return torch.stack([w for w in per_layer if w.shape == per_layer[0].shape]).mean(0)
