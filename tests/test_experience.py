@@ -108,9 +108,11 @@ def test_generate_and_export_clis_on_a_finished_run(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert generated.returncode == 0, generated.stderr[-3000:]
-    rows = json.loads((tmp_path / "gen" / "family.json").read_text())["rows"]
-    assert len(rows) == 4 and all(isinstance(r["gate_passed"], bool) for r in rows)
-    assert len({json.dumps([r["widths"], r["removed_blocks"]], sort_keys=True) for r in rows}) == 4  # four distinct
+    family = json.loads((tmp_path / "gen" / "family.json").read_text())
+    rows = family["rows"]
+    assert all(isinstance(r["gate_passed"], bool) for r in rows)
+    assert len({json.dumps([r["widths"], r["removed_blocks"]], sort_keys=True) for r in rows}) == len(rows)  # distinct
+    assert len(rows) == 4 or "4 were asked for" in family["shortfall"]  # four distinct, or the shortfall said
     assert "members meet every condition" in generated.stdout and (tmp_path / "gen" / "family.csv").is_file()
     budgets = subprocess.run(
         [str(BIN / "gensynth-generate"), f"run_dir={run}", "targets=[0.5,0.3]", "finetune_epochs=0",
@@ -121,11 +123,12 @@ def test_generate_and_export_clis_on_a_finished_run(tmp_path):
     for row, fraction in zip(json.loads((tmp_path / "budgets" / "family.json").read_text())["rows"], (0.5, 0.3)):
         assert abs(row["macs"] / (fraction * prototype) - 1) <= 0.05
 
+    network_dir = tmp_path / "gen" / rows[-1]["name"] if rows else run / "best"
     exported = subprocess.run(
-        [str(BIN / "gensynth-export"), f"network_dir={tmp_path / 'gen' / 'variation_2'}", "batch_sizes=[1,8]", "repeats=3", "threads=1"],
+        [str(BIN / "gensynth-export"), f"network_dir={network_dir}", "batch_sizes=[1,8]", "repeats=3", "threads=1"],
         capture_output=True, text=True, timeout=600,
     )
     assert exported.returncode == 0, exported.stderr[-3000:]
-    report = json.loads((tmp_path / "gen" / "variation_2" / "latency.json").read_text())
+    report = json.loads((network_dir / "latency.json").read_text())
     assert report["max_abs_difference"] < 1e-4
     assert {(r["runtime"], r["batch"]) for r in report["latency"]} == {(rt, b) for rt in ("pytorch", "onnxruntime") for b in (1, 8)}
