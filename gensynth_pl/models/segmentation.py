@@ -67,7 +67,12 @@ class Segmenter(nn.Module):
                 self.network.set_submodule(name, nn.Identity())
 
     def output_layers(self) -> list[str]:
-        return [f"network.{self.head}"]
+        """The head; for DeepLabV3+ also the decoder's first fusion conv, which reads ASPP's concatenation in
+        another channel order than the groups that produce it (the tracer refuses to cut it)."""
+        layers = [f"network.{self.head}"]
+        if isinstance(self.network, smp.DeepLabV3Plus):
+            layers.append("network.decoder.block2.0.0")
+        return layers
 
     def removable_blocks(self) -> list[str]:
         """Residual blocks whose shortcut is the identity: dropping one leaves the stream's shape unchanged."""
