@@ -163,11 +163,12 @@ class Requirements:
     @classmethod
     def from_record(cls, record: dict) -> "Requirements":
         """Every condition a run resolved (``to_dict``): absolute metric gates and budgets, so a network built
-        later from the run's generator is judged exactly as the run's own candidates were."""
+        later from the run's generator is judged exactly as the run's own candidates were. A single gate's record
+        (``Gate.to_dict``) holds no other conditions."""
         requirements = cls.of(Gate.from_record(record))
-        requirements.gates += [Gate.from_record(gate) for gate in record["metrics"]]
-        requirements.limits.update(record["budgets"])
-        requirements.bounds = dict(record["budgets"])
+        requirements.gates += [Gate.from_record(gate) for gate in record.get("metrics", [])]
+        requirements.limits.update(record.get("budgets", {}))
+        requirements.bounds = dict(record.get("budgets", {}))
         if record.get("latency"):
             requirements.latency = LatencyMeter(**record["latency"])
         return requirements
