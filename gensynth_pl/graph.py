@@ -289,6 +289,13 @@ class NetworkGraph:
             sorted(a.channels[g]) == sorted(b.channels[g]) for g, group in self.groups.items() if group.block not in removed
         )
 
+    def same_shape(self, a: Architecture, b: Architecture) -> bool:
+        """True when two specs build networks of the same architecture: equal blocks removed and equal widths in
+        every live group, whichever channels they keep (two such networks differ only in their weights)."""
+        live = self.live_groups(a)
+        return sorted(a.removed_blocks) == sorted(b.removed_blocks) and all(
+            len(a.channels[g]) == len(b.channels[g]) for g in live)
+
     def live_groups(self, arch: Architecture) -> set[str]:
         """The groups whose channels exist in the network built from ``arch`` (not inside a removed block)."""
         return {g for g, group in self.groups.items() if group.block not in arch.removed_blocks}
