@@ -329,7 +329,7 @@ class NetworkGraph:
             )
             if not remove:
                 continue
-            layer = modules[group.id]
+            layer = next(modules[p] for p in group.producers if p in modules and isinstance(modules[p], PRUNABLE_TYPES))
             pruner = graph.get_pruner_of_module(layer)
             graph.get_pruning_group(layer, pruner.prune_out_channels, remove).prune()
         _sync_width_attributes(network)
