@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from benchmarks import gpu_scale, inference_speed, synthesis_overhead, synthesis_quality, task_runs
+from benchmarks import gpu_scale, inference_speed, recovery, synthesis_overhead, synthesis_quality, task_runs
 from benchmarks.baselines import MAC_TOLERANCE
 from benchmarks.common import across_seeds
 from gensynth_pl import count_macs, netscore
@@ -167,3 +167,23 @@ def test_seeds_are_an_axis_each_seed_its_own_run_and_the_table_mean_and_spread(t
     assert ours["test_acc_mean"] is None and "± 0.35" in result["table"]
     assert json.loads((tmp_path / "quality.json").read_text())["seeds"] == [0, 1]
     assert across_seeds(tmp_path / "one.json", 1, lambda overrides, output: {"overrides": overrides})["overrides"] == []
+
+
+def test_recovery_estimates_are_scored_on_what_each_candidate_reached(tmp_path):
+    cycle = {"epochs": 2, "reason": "passed", "accepted": True, "cut": 0.3}
+    summary = {"gate": {"metric": "val/acc", "bound": 0.80, "higher_is_better": True}, "prototype": {"metric": 0.90},
+               "cycles": [{**cycle, "cycle": 1, "first_metric": 0.80, "metric": 0.86},    # drop 0.10, rise 0.06
+                          {**cycle, "cycle": 2, "first_metric": 0.76, "metric": 0.82},    # drop 0.10, rise 0.06: passes
+                          {**cycle, "cycle": 3, "first_metric": 0.70, "metric": 0.72,     # drop 0.12, rise 0.02: fails
+                           "reason": "rolled back", "accepted": False}]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    result = recovery.main([str(tmp_path), "--allowance", "1.0", "--output", str(tmp_path / "recovery.json")])
+    rows = {row["estimate"]: row for row in result["rows"]}
+    assert rows["none"]["candidates"] == 2 and rows["none"]["mae"] == pytest.approx((0.06 + 0.02) / 2)
+    assert rows["first_cycle"]["mae"] == pytest.approx((0.0 + 0.04) / 2)
+    assert rows["first_cycle_by_drop"]["mae"] == pytest.approx((0.0 + abs(0.6 * 0.12 - 0.02)) / 2)
+    assert rows["running_median"]["mae"] == pytest.approx((0.0 + 0.04) / 2)
+    assert rows["prototype_curve"]["candidates"] == 0  # no CSV log: φ was not trained in this run
+    # accepting cycle 2 (0.76 + 0.06 >= 0.80) and cycle 3 (0.70 + 0.06 < 0.80: rejected) agrees with both outcomes;
+    # without an estimate cycle 2 is wrongly rejected
+    assert rows["first_cycle"]["agreement"] == 1.0 and rows["none"]["agreement"] == 0.5
