@@ -31,6 +31,7 @@ TARGET_UNITS = ("macs", "params")  # what a family target counts
 AIM_ATTEMPTS = 14  # proposals at most while aiming a member's cut at its target
 REDRAWS = 8  # seeds tried for a member that differs from the others
 LARGER_BASES = 2  # further ancestors a member may be cut from when the nearest one yields nothing new
+REDRAW_HEAT = 0.25  # each redraw samples at a temperature this fraction (of family.temperature) hotter
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Member:
     network: nn.Module
     seed: int
     reached: bool  # within tolerance of the target (False: the closest network the generator can build)
+    temperature: float  # what it was sampled at (with ``seed``: how to draw it again)
 
     @property
     def deviation(self) -> float:
@@ -88,7 +90,9 @@ class FamilyBuilder:
         draws = [(0, attempt) for attempt in range(REDRAWS)]
         draws += [(skip, attempt) for skip in range(1, LARGER_BASES + 1) for attempt in range(REDRAWS // 2)]
         for skip, attempt in draws:
-            member = self._aimed(name, target, seed + attempt * 7_919, avoid, skip)
+            # each redraw a little hotter, so that repeated draws spread beyond the channels nearest the threshold
+            temperature = self.temperature * (1 + attempt * REDRAW_HEAT)
+            member = self._aimed(name, target, seed + attempt * 7_919, avoid, skip, temperature)
             distinct = not any(self.generator.graph.same_shape(member.arch, other) for other in avoid)
             if distinct and (member.reached or not near):
                 return member
@@ -112,26 +116,28 @@ class FamilyBuilder:
         arch, network = self.generator.lineage[-latest_first]
         return arch, network, cost
 
-    def _aimed(self, name: str, target: int, seed: int, avoid: list[Architecture], skip: int = 0) -> Member:
+    def _aimed(self, name: str, target: int, seed: int, avoid: list[Architecture], skip: int,
+               temperature: float) -> Member:
         """Aim the cut asked of the inquisitor (``aim_cut``, as the synthesis cycles do) until the built network's
         cost is within tolerance of the target."""
         base_arch, base, base_cost = self._base(target, avoid, skip)
         if base_cost <= target * (1 + self.tolerance):
-            return Member(name, target, base_cost, base_arch, copy.deepcopy(base), seed, base_cost >= target * (1 - self.tolerance))
+            return Member(name, target, base_cost, base_arch, copy.deepcopy(base), seed,
+                          base_cost >= target * (1 - self.tolerance), temperature)
         generator = copy.copy(self.generator)  # its own θ_G: the learned generator keeps its logits
         macs = macs_per_module(base, self.input_shape)
         goal = 1.0 - target / base_cost  # the fraction of the base's cost to cut
 
         def attempt(aim: float) -> tuple[float, tuple[int, Architecture, nn.Module]]:
             generator.update(self.inquisitor.propose(generator, macs, macs[""], aim, base=(base_arch, base), step=goal))
-            arch = generator.sample(seed, self.temperature, base=base_arch)
+            arch = generator.sample(seed, temperature, base=base_arch)
             network = generator.graph.materialize(base, base_arch, arch)
             cost = self.cost(network)
             return 1.0 - cost / base_cost, (cost, arch, network)
 
         tolerance = self.tolerance * target / (base_cost * goal)  # within tolerance of the target, as a share of the cut
         (cost, arch, network), _ = aim_cut(attempt, lambda: goal, 1.0, tolerance, AIM_ATTEMPTS)
-        return Member(name, target, cost, arch, network, seed, abs(cost - target) <= self.tolerance * target)
+        return Member(name, target, cost, arch, network, seed, abs(cost - target) <= self.tolerance * target, temperature)
 
 
 def diversity(archs: list[Architecture], graph: NetworkGraph) -> float:
@@ -283,7 +289,7 @@ def _finish(member: Member, builder: FamilyBuilder, answer_arch: Architecture, r
     network = builder.trained(member.arch) if answer else member.network
     common = (generator, referee, settings.finetune_epochs, datamodule, task, recipe, output_dir, trainer_kwargs)
     row = finish_member(member.name, network, member.arch, *common, answer=answer)
-    row.update(target=member.target, reached=member.reached, seed=member.seed)
+    row.update(target=member.target, reached=member.reached, seed=member.seed, temperature=member.temperature)
     if row["gate_passed"] or row["stop"] not in (REJECTED_EARLY, EPOCH_LIMIT) or not member.reached:
         return row
     ceiling = member.target * (1 + settings.tolerance)
@@ -292,6 +298,6 @@ def _finish(member: Member, builder: FamilyBuilder, answer_arch: Architecture, r
         row["replacement"] = "none: no larger network within the budget"
         return row
     replaced = finish_member(larger.name, larger.network, larger.arch, *common)
-    replaced.update(target=member.target, reached=True, seed=larger.seed,
+    replaced.update(target=member.target, reached=True, seed=larger.seed, temperature=larger.temperature,
                     replaces={"macs": row["macs"], "metric": row["metric"], "stop": row["stop"]})
     return replaced
