@@ -72,7 +72,10 @@ def across_seeds(output: Path, seeds: int, measure: Callable[[list[str], Path], 
 def comparison_parser(description: str, experiment: str | None, output: Path) -> argparse.ArgumentParser:
     """``parser`` plus ``--resume`` for a benchmark that ends in ``compare``."""
     p = parser(description, experiment, output)
-    p.add_argument("--resume", action="store_true", help="measure only the rows the output JSON lacks (same settings)")
+    p.add_argument("--resume", action="store_true",
+                   help="measure only the rows the output JSON (each seed's) lacks, with the same settings")
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="compare only these (e.g. width_scaled_kd l1_pruning_kd); default: every method")
     return p
 
 
@@ -155,7 +158,7 @@ def run_synthesis(cfg: DictConfig) -> SynthesisRun:
 
 
 def compare(cfg: DictConfig, output_json: Path, from_scratch: list[Contender], latency_repeats: int,
-            prototype_epochs: int | None = None, resume: bool = False) -> dict:
+            prototype_epochs: int | None = None, resume: bool = False, methods: list[str] | None = None) -> dict:
     """Our best generated network against channel pruning (L1 as Torch-Pruning users run it, and random), networks
     trained from scratch at a matched width, and unstructured pruning, all at the generated network's MACs, from
     the same trained φ and with the same epochs after φ (from-scratch networks: φ's epochs too); L1 pruning and the
@@ -164,11 +167,21 @@ def compare(cfg: DictConfig, output_json: Path, from_scratch: list[Contender], l
     The JSON is rewritten after every row and φ's weights are saved beside it, so a long run that is interrupted
     keeps what it measured: ``resume`` (with the same settings) measures only the rows it lacks. A second
     benchmark can also start from those weights (``prototype_weights``, with ``prototype_epochs`` saying how long
-    that φ trained: what the from-scratch networks get too).
+    that φ trained: what the from-scratch networks get too). ``methods``: measure only these (φ and ours always).
     """
+    unknown = set(methods or []) - set(comparison_methods(from_scratch))
+    if unknown:
+        raise ValueError(f"--methods {sorted(unknown)}: no such method; choose from {comparison_methods(from_scratch)}")
     prototype_epochs = cfg.synthesis.prototype_epochs if prototype_epochs is None else prototype_epochs
-    rows = _resumed(cfg, output_json, latency_repeats) if resume else _synthesis_rows(cfg, output_json, latency_repeats, prototype_epochs)
+    if resume and output_json.is_file():
+        rows = _resumed(cfg, output_json, latency_repeats)
+    else:
+        if resume:
+            print(f"[benchmark] --resume: {output_json} does not exist yet; measuring it from the start", flush=True)
+        rows = _synthesis_rows(cfg, output_json, latency_repeats, prototype_epochs)
     result, teacher, done = rows.result, rows.teacher, {row["method"] for row in rows.result["rows"]}
+    if methods is not None:  # the ones not asked for count as done
+        done |= set(comparison_methods(from_scratch)) - set(methods)
     ours = next(row for row in result["rows"] if row["method"] == "gensynth")
     target, epochs = result["target_macs"], ours["epochs"]  # every fine-tuning method gets our epochs after φ too
 
@@ -249,10 +262,16 @@ def _synthesis_rows(cfg: DictConfig, output_json: Path, latency_repeats: int, pr
     return rows
 
 
+def comparison_methods(from_scratch: list[Contender]) -> list[str]:
+    """The methods ``compare`` measures besides φ and ours, in its order."""
+    pruning = [f"{name}_kd" if distilled else name for name in CHANNEL_PRUNING
+               for distilled in ((False, True) if name == "l1_pruning" else (False,))]
+    scratch = [f"{c.name}_kd" if distilled else c.name for c in from_scratch for distilled in (False, True)]
+    return [*pruning, *scratch, "modelpruning_l1"]
+
+
 def _resumed(cfg: DictConfig, output_json: Path, latency_repeats: int) -> ComparisonRows:
     """An interrupted comparison's rows, φ from the weights it saved and the input shape from its run's generator."""
-    if not output_json.is_file():
-        raise FileNotFoundError(f"--resume: {output_json} does not exist; run the benchmark without --resume first")
     result = json.loads(output_json.read_text())
     if _measured_with(result["config"]) != _measured_with(OmegaConf.to_container(cfg, resolve=True)):
         raise ValueError(f"--resume: {output_json} was measured with other settings; repeat its command line exactly")

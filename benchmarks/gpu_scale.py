@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
         width_scaled("width_scaled", lambda widths: instantiate(cfg.model, stage_widths=list(widths)), cfg.model.width, cfg.seed),
         mobilenet_contender(cfg.data.num_classes, cfg.seed),
     ]
-    return compare(cfg, args.output, contenders, args.latency_repeats, resume=args.resume)
+    return compare(cfg, args.output, contenders, args.latency_repeats, resume=args.resume, methods=args.methods)
 
 
 if __name__ == "__main__":

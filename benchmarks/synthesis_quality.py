@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
             cfg = settings(args.experiment, [*overrides, *reuse], run_dir)
         contender = width_scaled("width_scaled", lambda widths: instantiate(cfg.model, stage_widths=list(widths)),
                                  cfg.model.width, cfg.seed)
-        return compare(cfg, output, [contender], args.latency_repeats, prototype_epochs, args.resume)
+        return compare(cfg, output, [contender], args.latency_repeats, prototype_epochs, args.resume, args.methods)
 
     return across_seeds(args.output, args.seeds, measure)
 

@@ -117,6 +117,17 @@ def test_resumed_quality_run_measures_only_the_rows_it_lacks(quality, tmp_path):
         assert new["macs"] == first["macs"] and new["val_acc"] == pytest.approx(first["val_acc"], abs=0.05)
 
 
+def test_a_resumed_run_measures_only_the_methods_asked_for(quality, tmp_path):
+    output, result = quality
+    shutil.copytree(output.with_suffix(""), tmp_path / "moved")
+    synthesized = {**json.loads(output.read_text()), "rows": result["rows"][:2]}  # φ and ours only
+    (tmp_path / "moved.json").write_text(json.dumps(synthesized))
+    with pytest.raises(ValueError, match="no such method"):
+        synthesis_quality.main([*TINY, "--output", str(tmp_path / "moved.json"), "--resume", "--methods", "width_kd"])
+    resumed = synthesis_quality.main([*TINY, "--output", str(tmp_path / "moved.json"), "--resume", "--methods", "width_scaled_kd"])
+    assert [row["method"] for row in resumed["rows"]] == ["prototype", "gensynth", "width_scaled_kd"]
+
+
 def test_gpu_scale_runs_end_to_end_on_cpu_with_a_matched_mobilenet(tmp_path):
     result = gpu_scale.main(["--tiny", "--latency-repeats", "2", "--output", str(tmp_path / "gpu.json")])
     rows = rows_by_method(result)
