@@ -84,9 +84,10 @@ class FamilyBuilder:
     def member(self, name: str, target: int, seed: int = 0, avoid: list[Architecture] = (),
                near: bool = False) -> Member | None:
         """The network for ``target``; a draw that builds the architecture of one of ``avoid`` again (the same
-        widths, whichever channels it keeps) or, when ``near``, misses the target's tolerance, is redrawn with the next seed: ``REDRAWS`` from the nearest ancestor, then half as many
-        from each of the next ``LARGER_BASES`` larger ones (a network cut from another ancestor differs more). None
-        when every draw fails: no further distinct network exists near this budget."""
+        widths, whichever channels it keeps) or, when ``near``, misses the target's tolerance, is redrawn with the
+        next seed: ``REDRAWS`` from the nearest ancestor, then half as many from each of the next ``LARGER_BASES``
+        larger ones (a network cut from another ancestor differs more). None when every draw fails: no further
+        distinct network exists near this budget."""
         draws = [(0, attempt) for attempt in range(REDRAWS)]
         draws += [(skip, attempt) for skip in range(1, LARGER_BASES + 1) for attempt in range(REDRAWS // 2)]
         for skip, attempt in draws:
@@ -105,8 +106,9 @@ class FamilyBuilder:
 
     def _base(self, target: int, avoid: list[Architecture], skip: int = 0) -> tuple[Architecture, nn.Module, int]:
         """The nearest accepted ancestor at least as large as the target (the prototype when none is) whose
-        architecture is not one of ``avoid``'s (so that around an accepted network's own budget the members differ from it); ``skip``:
-        the next larger ones instead (a network cut from another ancestor differs more), up to the prototype."""
+        architecture is not one of ``avoid``'s (so that around an accepted network's own budget the members differ
+        from it); ``skip``: the next larger ones instead (a network cut from another ancestor differs more), up to
+        the prototype."""
         graph = self.generator.graph
         fits = sorted(  # by cost; ties: the latest first (the polished answer before its unpolished self)
             ((cost, -index) for index, cost in enumerate(self._costs)
