@@ -185,27 +185,23 @@ def compare(cfg: DictConfig, output_json: Path, from_scratch: list[Contender], l
     ours = next(row for row in result["rows"] if row["method"] == "gensynth")
     target, epochs = result["target_macs"], ours["epochs"]  # every fine-tuning method gets our epochs after φ too
 
-    for name, importance in CHANNEL_PRUNING.items():
-        for distilled in (False, True) if name == "l1_pruning" else (False,):
-            method = f"{name}_kd" if distilled else name
-            if method in done:
-                continue
-            with Stopwatch() as watch:
-                prune = channel_pruner(teacher, rows.input_shape, importance, cfg.seed)
-                network, ratio, _ = match_macs(prune, rows.input_shape, target, 0.0, 0.95, increasing=False)
-                trained = train(network, cfg, epochs, fine_tuning=True, teacher=teacher if distilled else None, label=method)
-            rows.add(method, trained.module.net, trained.val, trained.test, watch.wall, pruning_ratio=ratio, epochs=epochs)
+    for method, name, distilled in _pruning_methods():
+        if method in done:
+            continue
+        with Stopwatch() as watch:
+            prune = channel_pruner(teacher, rows.input_shape, CHANNEL_PRUNING[name], cfg.seed)
+            network, ratio, _ = match_macs(prune, rows.input_shape, target, 0.0, 0.95, increasing=False)
+            trained = train(network, cfg, epochs, fine_tuning=True, teacher=teacher if distilled else None, label=method)
+        rows.add(method, trained.module.net, trained.val, trained.test, watch.wall, pruning_ratio=ratio, epochs=epochs)
 
     scratch_epochs = prototype_epochs + epochs
-    for contender in from_scratch:
-        for distilled in (False, True):
-            method = f"{contender.name}_kd" if distilled else contender.name
-            if method in done:
-                continue
-            with Stopwatch() as watch:
-                network, knob, _ = match_macs(contender.build, rows.input_shape, target, contender.low, contender.high, increasing=True)
-                trained = train(network, cfg, scratch_epochs, teacher=teacher if distilled else None, label=method)
-            rows.add(method, trained.module.net, trained.val, trained.test, watch.wall, width=knob, epochs=scratch_epochs)
+    for method, contender, distilled in _scratch_methods(from_scratch):
+        if method in done:
+            continue
+        with Stopwatch() as watch:
+            network, knob, _ = match_macs(contender.build, rows.input_shape, target, contender.low, contender.high, increasing=True)
+            trained = train(network, cfg, scratch_epochs, teacher=teacher if distilled else None, label=method)
+        rows.add(method, trained.module.net, trained.val, trained.test, watch.wall, width=knob, epochs=scratch_epochs)
 
     if "modelpruning_l1" not in done:
         with Stopwatch() as watch:
@@ -262,12 +258,20 @@ def _synthesis_rows(cfg: DictConfig, output_json: Path, latency_repeats: int, pr
     return rows
 
 
+def _pruning_methods() -> list[tuple[str, str, bool]]:
+    """(method, importance in ``CHANNEL_PRUNING``, distilled) of each channel-pruning comparison: L1 also distilled."""
+    return [(f"{name}_kd" if distilled else name, name, distilled) for name in CHANNEL_PRUNING
+            for distilled in ((False, True) if name == "l1_pruning" else (False,))]
+
+
+def _scratch_methods(from_scratch: list[Contender]) -> list[tuple[str, Contender, bool]]:
+    """(method, contender, distilled) of each from-scratch comparison: every contender with and without distillation."""
+    return [(f"{c.name}_kd" if distilled else c.name, c, distilled) for c in from_scratch for distilled in (False, True)]
+
+
 def comparison_methods(from_scratch: list[Contender]) -> list[str]:
     """The methods ``compare`` measures besides φ and ours, in its order."""
-    pruning = [f"{name}_kd" if distilled else name for name in CHANNEL_PRUNING
-               for distilled in ((False, True) if name == "l1_pruning" else (False,))]
-    scratch = [f"{c.name}_kd" if distilled else c.name for c in from_scratch for distilled in (False, True)]
-    return [*pruning, *scratch, "modelpruning_l1"]
+    return [method for method, _, _ in (*_pruning_methods(), *_scratch_methods(from_scratch))] + ["modelpruning_l1"]
 
 
 def _resumed(cfg: DictConfig, output_json: Path, latency_repeats: int) -> ComparisonRows:

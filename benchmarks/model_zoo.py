@@ -32,7 +32,7 @@ from gensynth_pl.family import FamilyBuilder, Member
 from gensynth_pl.generator import Generator
 from gensynth_pl.inquisitor import Inquisitor
 from gensynth_pl.latency import measure_latency, verify_onnx
-from gensynth_pl.torch_utils import evaluating
+from gensynth_pl.torch_utils import evaluating, output_tensors
 
 OUTPUT = Path("outputs/benchmarks/model_zoo.json")
 CHECKS = ("trace", "probe", "build", "shape", "identity", "reload", "onnx", "faster")
@@ -130,14 +130,9 @@ class Checks:
         return result
 
 
-def _flat(out) -> list[Tensor]:
-    """A model's output (a tensor, or a dict, list or tuple of them) as a list of tensors."""
-    return list(out.values()) if isinstance(out, dict) else [out] if isinstance(out, Tensor) else list(out)
-
-
 def _outputs(network: nn.Module, x: Tensor) -> list[Tensor]:
     with evaluating(network), torch.no_grad():
-        return _flat(network(x))
+        return output_tensors(network(x))
 
 
 def _identical(a: list[Tensor], b: list[Tensor], what: str) -> None:
@@ -153,7 +148,7 @@ def probe_once(generator: Generator, inquisitor: Inquisitor, x: Tensor) -> None:
     probe = inquisitor.attach(network, graph, arch)
     try:
         with evaluating(network):
-            sum(out.float().pow(2).mean() for out in _flat(network(x))).backward()
+            sum(out.float().pow(2).mean() for out in output_tensors(network(x))).backward()
     finally:
         result = probe.detach()
         network.zero_grad(set_to_none=True)
@@ -250,8 +245,8 @@ def ort_latency(networks: dict[str, nn.Module], paths: dict[str, Path], input_sh
     samples: dict[str, list[float]] = {name: [] for name in networks}
     for _ in range(rounds):
         for name, network in networks.items():
-            timings = measure_latency(network, paths[name], input_shape, (1,), repeats=repeats, threads=1)
-            samples[name].append(next(t["median_ms"] for t in timings if t["runtime"] == "onnxruntime"))
+            (timing,) = measure_latency(network, paths[name], input_shape, (1,), repeats, threads=1, runtimes=("onnxruntime",))
+            samples[name].append(timing["median_ms"])
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -25,6 +25,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks.tables import format_table, key, publish
+from gensynth_pl.referee import median_recovery
 
 OUTPUT = Path("outputs/benchmarks/recovery.json")
 ESTIMATES = ("none", "first_cycle", "first_cycle_by_drop", "prototype_curve", "running_median")
@@ -59,20 +60,20 @@ def prototype_rise(run_dir: Path, summary: dict, monitor: str) -> float | None:
 
 def estimates(rows: list[dict], phi_rise: float | None) -> list[dict]:
     """For each candidate after the first, each estimate's predicted rise (None: not available)."""
+    recoveries = [[r["final"] - r["first"], r["epochs"] - 1] for r in rows]  # as the referee records them
     first = rows[0]
-    first_rate = (first["final"] - first["first"]) / (first["epochs"] - 1)
     first_drop = first["parent"] - first["first"]
     scored = []
     for index, row in enumerate(rows[1:], start=1):
         span = row["epochs"] - 1
-        earlier = [(r["final"] - r["first"]) / (r["epochs"] - 1) for r in rows[:index]]
+        first_cycle = median_recovery(recoveries[:1], span)
         drop = max(row["parent"] - row["first"], 0.0)
         predicted = {
             "none": 0.0,
-            "first_cycle": first_rate * span,
-            "first_cycle_by_drop": (first_rate / first_drop) * drop * span if first_drop > 1e-3 else first_rate * span,
+            "first_cycle": first_cycle,
+            "first_cycle_by_drop": first_cycle * drop / first_drop if first_drop > 1e-3 else first_cycle,
             "prototype_curve": None if phi_rise is None else phi_rise * span,
-            "running_median": statistics.median(earlier) * span,
+            "running_median": median_recovery(recoveries[:index], span),  # the referee's rule
         }
         scored.append({**row, "rise": row["final"] - row["first"], "predicted": predicted})
     return scored

@@ -15,7 +15,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from gensynth_pl.torch_utils import evaluating
+from gensynth_pl.torch_utils import evaluating, output_tensors
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -194,7 +194,7 @@ def find_output_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[s
 
     hooks = {name: record(name) for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)}
     outputs = _forward_with_hooks(model, input_shape, hooks)
-    return list(dict.fromkeys(produced[id(t)][0] for t in _tensors(outputs) if id(t) in produced))
+    return list(dict.fromkeys(produced[id(t)][0] for t in output_tensors(outputs) if id(t) in produced))
 
 
 class NetworkGraph:
@@ -282,19 +282,14 @@ class NetworkGraph:
     def same_network(self, a: Architecture, b: Architecture) -> bool:
         """True when two specs build the same network: equal blocks removed, equal channels in every group that
         is not inside a removed block (channels of a removed block do not exist in the network)."""
-        if sorted(a.removed_blocks) != sorted(b.removed_blocks):
-            return False
-        removed = set(a.removed_blocks)
-        return all(
-            sorted(a.channels[g]) == sorted(b.channels[g]) for g, group in self.groups.items() if group.block not in removed
-        )
+        return sorted(a.removed_blocks) == sorted(b.removed_blocks) and all(
+            sorted(a.channels[g]) == sorted(b.channels[g]) for g in self.live_groups(a))
 
     def same_shape(self, a: Architecture, b: Architecture) -> bool:
         """True when two specs build networks of the same architecture: equal blocks removed and equal widths in
         every live group, whichever channels they keep (two such networks differ only in their weights)."""
-        live = self.live_groups(a)
         return sorted(a.removed_blocks) == sorted(b.removed_blocks) and all(
-            len(a.channels[g]) == len(b.channels[g]) for g in live)
+            len(a.channels[g]) == len(b.channels[g]) for g in self.live_groups(a))
 
     def live_groups(self, arch: Architecture) -> set[str]:
         """The groups whose channels exist in the network built from ``arch`` (not inside a removed block)."""
@@ -476,15 +471,7 @@ def _sync_width_attributes(network: nn.Module) -> None:
 
 def _output_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     """The shapes of every tensor in the model's output (a tensor, or a dict, list or tuple of them)."""
-    return [tuple(t.shape) for t in _tensors(_forward_with_hooks(model, input_shape, {}))]
-
-
-def _tensors(outputs) -> list[Tensor]:
-    if isinstance(outputs, Tensor):
-        return [outputs]
-    if isinstance(outputs, dict):
-        outputs = list(outputs.values())
-    return [t for item in outputs for t in _tensors(item)] if isinstance(outputs, (list, tuple)) else []
+    return [tuple(t.shape) for t in output_tensors(_forward_with_hooks(model, input_shape, {}))]
 
 
 def _check_blocks_keep_shape(model: nn.Module, input_shape: tuple[int, ...], blocks: list[str]) -> None:

@@ -18,7 +18,9 @@ from torch import nn
 
 from gensynth_pl.export import export_onnx
 from gensynth_pl.rundir import write_text_atomic
-from gensynth_pl.torch_utils import evaluating
+from gensynth_pl.torch_utils import evaluating, output_tensors
+
+RUNTIMES = ("pytorch", "onnxruntime")  # what measure_latency times
 
 
 def verify_onnx(network: nn.Module, onnx_path: str | Path, input_shape: tuple[int, ...], batch: int = 2, atol: float = 1e-4) -> float:
@@ -26,8 +28,7 @@ def verify_onnx(network: nn.Module, onnx_path: str | Path, input_shape: tuple[in
     network.eval()
     x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = network(x)
-    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected.values() if isinstance(expected, dict) else expected)
+        expected = output_tensors(network(x))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     outputs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     difference = max(float(np.abs(o - e.numpy()).max()) for o, e in zip(outputs, expected))
@@ -55,9 +56,14 @@ def measure_latency(
     repeats: int = 20,
     warmup: int = 3,
     threads: int | None = None,
+    runtimes: tuple[str, ...] = RUNTIMES,
 ) -> list[dict]:
-    """Median wall time per batch (ms) and throughput, for each runtime and batch size, on CPU, with ``threads``
-    intra-op threads (None: each runtime's default), e.g. the thread count a latency budget was measured with."""
+    """Median wall time per batch (ms) and throughput, for each of ``runtimes`` and batch sizes, on CPU, with
+    ``threads`` intra-op threads (None: each runtime's default), e.g. the thread count a latency budget was measured
+    with."""
+    unknown = set(runtimes) - set(RUNTIMES)
+    if unknown:
+        raise ValueError(f"runtimes {sorted(unknown)}: choose from {RUNTIMES}")
     network = network.eval().cpu()
     session = _ort_session(onnx_path, threads)
     input_name = session.get_inputs()[0].name
@@ -71,6 +77,8 @@ def measure_latency(
                 network(x)
 
         for runtime, run in (("pytorch", eager), ("onnxruntime", lambda: session.run(None, {input_name: array}))):
+            if runtime not in runtimes:
+                continue
             median = _median_ms(run, repeats, warmup)
             rows.append({"runtime": runtime, "batch": batch, "median_ms": median, "images_per_s": batch / median * 1000})
     return rows

@@ -90,8 +90,8 @@ def finish_member(name: str, network: nn.Module, arch: Architecture, generator: 
         folder = save_network(Path(output_dir) / name, network, arch, generator.graph, generator.prototype_config,
                               report.to_dict())
         onnx = export_onnx(network, shape, folder / ONNX_FILE)
-        timings = measure_latency(network, onnx, shape, (1,), repeats=20)
-        row["latency_ms"] = next(t["median_ms"] for t in timings if t["runtime"] == "onnxruntime")
+        (timing,) = measure_latency(network, onnx, shape, (1,), repeats=20, runtimes=("onnxruntime",))
+        row["latency_ms"] = timing["median_ms"]
     verdict = "meets every condition" if report.gate_passed else f"fails: misses {', '.join(row['unmet'])}"
     print(f"[family] {name}: {report.macs:,} MACs, {referee.gate.monitor} {report.metric:.4f} after {judge.epochs} "
           f"epochs ({stop}; {verdict})", flush=True)

@@ -83,6 +83,16 @@ def rank(report: NetworkReport) -> tuple:
     return report.gate_passed, metrics_met, -excess, report.netscore
 
 
+def median_recovery(recoveries: list[list[float]], epochs: float | None = None) -> float | None:
+    """The median of ``[rise, epochs]`` pairs' rises (None: none measured); with ``epochs``: the median rise per
+    epoch, times ``epochs``."""
+    if not recoveries:
+        return None
+    if epochs is None:
+        return statistics.median(rise for rise, _ in recoveries)
+    return statistics.median(rise / span for rise, span in recoveries) * epochs
+
+
 class Referee:
     """Judges the prototype, each cycle's candidate, the polish and any network built later from the generator."""
 
@@ -152,11 +162,7 @@ class Referee:
     def measured_recovery(self, epochs: float | None = None) -> float | None:
         """The median rise of a candidate's metric from its first epoch to its last in this run (None: unmeasured);
         with ``epochs``: over that many further epochs (the median rise per epoch, times ``epochs``)."""
-        if not self.recoveries:
-            return None
-        if epochs is None:
-            return statistics.median(rise for rise, _ in self.recoveries)
-        return statistics.median(rise / span for rise, span in self.recoveries) * epochs
+        return median_recovery(self.recoveries, epochs)
 
     def allowance(self) -> float:
         """How far below the bound an intermediate candidate may be and still be accepted."""

@@ -18,6 +18,16 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
+def output_tensors(outputs) -> list[Tensor]:
+    """A model's output (a tensor, or dicts, lists and tuples of them, nested) as a flat list of tensors, in the
+    order ONNX export lists them."""
+    if isinstance(outputs, Tensor):
+        return [outputs]
+    if isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    return [t for item in outputs for t in output_tensors(item)] if isinstance(outputs, (list, tuple)) else []
+
+
 def cpu_state_dict(module: nn.Module) -> dict[str, Tensor]:
     """A detached CPU copy of a module's state, safe to keep or save while the module trains on."""
     return {key: value.detach().cpu().clone() for key, value in module.state_dict().items()}
