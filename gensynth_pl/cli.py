@@ -16,6 +16,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from gensynth_pl.console import silence_foreign_warnings
 from gensynth_pl.export import export_onnx, load_network, read_spec
 from gensynth_pl.latency import measure_latency, verify_onnx
 from gensynth_pl.family import FamilySettings, build_family
@@ -73,6 +74,7 @@ def generate(cfg: DictConfig) -> None:
         gensynth-generate run_dir=outputs/<date>/<time> targets=[0.5,0.33,0.25,0.167] finetune_epochs=4
         ```
     """
+    silence_foreign_warnings()
     if cfg.threads:  # parallel jobs on one machine: one thread each, or they fight over the cores
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.run_dir)
