@@ -56,7 +56,7 @@ class Recipe:
 
     optimizer: Callable[..., torch.optim.Optimizer] | None = None
     scheduler: SchedulerFactory | None = None
-    finetune_lr_scale: float = 0.2
+    finetune_lr_scale: float = 0.5
     distill_weight: float = 1.0
     distill_temperature: float = 4.0
     distill_every: int = 1
