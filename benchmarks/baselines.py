@@ -28,7 +28,7 @@ def match_macs(
 ) -> tuple[nn.Module, float, int]:
     """Bisect the knob of ``build`` (a width multiplier or a pruning ratio) until its MACs are within 0.5% of
     the target or the knob is pinned down to ``resolution`` (fine: at small budgets a MAC value the knob can reach may
-    lie in a window narrower than 0.004); returns the closest network, its knob and MACs."""
+    lie in a window of the knob only a few thousandths wide); returns the closest network, its knob and MACs."""
     best: tuple[float, nn.Module, float, int] | None = None
     while best is None or high - low > resolution:
         knob = (low + high) / 2

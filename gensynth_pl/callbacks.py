@@ -25,7 +25,7 @@ from gensynth_pl.gates import Gate, Requirements
 from gensynth_pl.inquisitor import Inquisitor, Probe
 from gensynth_pl.loop import SynthesisLoop
 from gensynth_pl.metrics import NetScoreUnits
-from gensynth_pl.schedule import Schedule
+from gensynth_pl.schedule import FINETUNE_LR_SCALE, Schedule
 from gensynth_pl.settings import DEFAULTS, SynthesisSettings
 
 
@@ -106,7 +106,7 @@ class GenerativeSynthesis(Callback):
         temperature: float = DEFAULTS.temperature,
         min_channels: float = DEFAULTS.min_channels,
         channel_multiple: int = DEFAULTS.channel_multiple,
-        finetune_lr_scale: float = 0.5,
+        finetune_lr_scale: float = FINETUNE_LR_SCALE,
         polish_epochs: int = 4,
         recovery_allowance: float = DEFAULTS.recovery_allowance,
         early_reject_margin: float | None = DEFAULTS.early_reject_margin,

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from gensynth_pl.distillation import Distiller, soft_target_loss
-from gensynth_pl.schedule import training_phase
+from gensynth_pl.schedule import FINETUNE_LR_SCALE, training_phase
 
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
 
@@ -56,7 +56,7 @@ class Recipe:
 
     optimizer: Callable[..., torch.optim.Optimizer] | None = None
     scheduler: SchedulerFactory | None = None
-    finetune_lr_scale: float = 0.5
+    finetune_lr_scale: float = FINETUNE_LR_SCALE
     distill_weight: float = 1.0
     distill_temperature: float = 4.0
     distill_every: int = 1

@@ -15,6 +15,11 @@ from enum import Enum
 import lightning as L
 
 
+# the fraction of φ's learning rate candidates and the polish fine-tune at, unless set (the synthesis's and the
+# Recipe's default): at 0.2 a two-epoch cycle recovered too little (docs/results/cifar10.md#the-fine-tuning-rate)
+FINETUNE_LR_SCALE = 0.5
+
+
 class PhaseKind(str, Enum):
     PROTOTYPE = "prototype"
     CYCLE = "cycle"
