@@ -13,6 +13,7 @@ from torchmetrics import MetricCollection
 
 from gensynth_pl.distillation import Distiller, soft_target_loss
 from gensynth_pl.schedule import FINETUNE_LR_SCALE, training_phase
+from gensynth_pl.settings import DEFAULTS
 
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
 
@@ -57,9 +58,9 @@ class Recipe:
     optimizer: Callable[..., torch.optim.Optimizer] | None = None
     scheduler: SchedulerFactory | None = None
     finetune_lr_scale: float = FINETUNE_LR_SCALE
-    distill_weight: float = 1.0
-    distill_temperature: float = 4.0
-    distill_every: int = 1
+    distill_weight: float = DEFAULTS.distill_weight
+    distill_temperature: float = DEFAULTS.distill_temperature
+    distill_every: int = DEFAULTS.distill_every
 
     def module(self, network: nn.Module, task: Task, fine_tuning: bool = True) -> "SynthesisModule":
         """``network`` wrapped for training: at the fine-tuning rate, or at φ's rate (``fine_tuning`` False)."""
