@@ -205,6 +205,9 @@ class SynthesisLoop:
         )
         self.record.cycles.append(entry)
         self._log(cycle_row(entry, self._epoch + 1, self.schedule.total_epochs, self._times(self._epoch)[1]))
+        self.record.prototype_undertrained, self.record.noisy_metric = self.referee.warned_undertrained, self.referee.warned_noisy
+        for warning in decision.warnings:
+            self._log(f"warning: {warning}")
         if self.diverged:
             self._log(f"cycle {cycle}: non-finite training loss; candidate rejected, generator rolled back")
 
@@ -219,9 +222,6 @@ class SynthesisLoop:
             return
         self.proposer.accept(proposal.arch, network, decision.report.budgets)
         self._fold_probe(proposal.arch)
-        if decision.warning:
-            self.record.prototype_undertrained = True
-            self._log(f"warning: {decision.warning}")
 
     def _conclude_polish(self, network: nn.Module, metrics: dict[str, float]) -> None:
         """The polished leader is judged as the answer; when taken, later networks inherit its weights."""

@@ -96,6 +96,7 @@ class SynthesisRecord:
     cycles: list[CycleEntry] = field(default_factory=list)
     polish: PolishEntry | None = None
     prototype_undertrained: bool = False  # accepted candidates beat φ by more than the allowed drop
+    noisy_metric: bool = False  # fine-tuning did not raise the candidates' metric: the gate judged noise
 
     @property
     def any_candidate_passed(self) -> bool:
@@ -112,6 +113,7 @@ class SynthesisRecord:
             "cycles": [c.to_dict() for c in self.cycles],
             "polish": None if self.polish is None else self.polish.to_dict(),
             "prototype_undertrained": self.prototype_undertrained,
+            "noisy_metric": self.noisy_metric,
         }
 
     @classmethod
@@ -125,6 +127,7 @@ class SynthesisRecord:
             cycles=[CycleEntry.from_dict(c) for c in data["cycles"]],
             polish=None if data.get("polish") is None else PolishEntry.from_dict(data["polish"]),
             prototype_undertrained=data.get("prototype_undertrained", False),
+            noisy_metric=data.get("noisy_metric", False),
         )
 
     def write(self, path: str | Path) -> None:

@@ -53,7 +53,7 @@ class Decision:
     report: NetworkReport
     allowance: float = 0.0
     margin: float = -1.0
-    warning: str | None = None  # what the user should know about this decision (said once per run)
+    warnings: tuple[str, ...] = ()  # what the user should know about this decision (each said once per run)
 
     @property
     def accepted(self) -> bool:
@@ -103,10 +103,11 @@ class Referee:
         self.recovery_allowance, self.early_reject_margin = recovery_allowance, early_reject_margin
         self.netscore_units = netscore_units
         self.collective = collective or SingleProcess()
-        self.recoveries: list[list[float]] = []  # each candidate's rise from its first epoch to its last, and over how many
+        self.recoveries: list[list[float]] = []  # each candidate's gain toward the bound, first epoch to last, over how many
         self.best: Choice | None = None  # the best network that meets every condition: the answer so far
         self.leader: Choice | None = None  # the best accepted candidate (within the allowance): what the polish takes
         self.warned_undertrained = False
+        self.warned_noisy = False
 
     @property
     def gate(self) -> Gate:
@@ -194,7 +195,8 @@ class Referee:
         accepted = not early and self.collective.all_agree(within)
         report = self.report(network, input_shape, metrics)
         if len(epoch_metrics) >= 2 and not diverged:
-            self.recoveries.append([epoch_metrics[-1] - epoch_metrics[0], len(epoch_metrics) - 1])
+            rise = self.gate.margin(epoch_metrics[-1]) - self.gate.margin(epoch_metrics[0])  # toward passing, either way
+            self.recoveries.append([rise, len(epoch_metrics) - 1])
         if diverged:
             reason = Reason.DIVERGED
         elif early:
@@ -204,14 +206,14 @@ class Referee:
         else:
             reason = Reason.PASSED if self.collective.all_agree(met) else Reason.ALLOWED
         margin = self.gate.margin(metrics[self.gate.monitor]) + allowance if accepted else -1.0
-        warning = self._undertrained(report.metric) if accepted else None
+        said = (self._undertrained(report.metric) if accepted else None, self._noisy())
         if accepted:
             choice = Choice(arch, network, report, cycle)
             if self.leader is None or rank(report)[2:] > rank(self.leader.report)[2:]:  # budgets met first, NetScore
                 self.leader = Choice(arch, copy.deepcopy(network).cpu(), report, cycle)
             if rank(report) > rank(self.best.report):
                 self._set_best(choice)
-        return Decision(reason, report, allowance, margin, warning)
+        return Decision(reason, report, allowance, margin, tuple(w for w in said if w))
 
     def judge_polish(self, network: nn.Module, input_shape: tuple[int, ...], metrics: dict[str, float]) -> Decision:
         """The polished leader is the answer when it ranks at least as high as the best network so far: it meets
@@ -242,13 +244,28 @@ class Referee:
             warnings.warn(message)
         return message
 
+    def _noisy(self) -> str | None:
+        """Fine-tuning that does not raise the metric (the median rise over at least two candidates is not above
+        0): the metric moves more from epoch to epoch than training moves it, so the gate judges noise and early
+        rejection has no recovery to expect. Warns once (with what fixes it) and returns the warning."""
+        if self.warned_noisy or len(self.recoveries) < 2 or self.measured_recovery() > 0:
+            return None
+        self.warned_noisy = True
+        message = (f"{len(self.recoveries)} candidates' {self.gate.monitor} did not improve with fine-tuning (median "
+                   f"change toward the bound {self.measured_recovery():+.4f}, first epoch to last): the metric moves more between "
+                   "epochs than training moves it, so the gate judges noise. Use a larger validation split, train the "
+                   "prototype longer (synthesis.prototype_epochs), or widen gate.threshold")
+        if self.collective.is_main:
+            warnings.warn(message)
+        return message
+
     def _set_best(self, choice: Choice) -> None:
         self.best = Choice(choice.arch, copy.deepcopy(choice.network).cpu(), choice.report, choice.cycle)
 
     # --- checkpointing -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"requirements": self.requirements.state_dict(), "recoveries": list(self.recoveries),
-                "warned_undertrained": self.warned_undertrained,
+                "warned_undertrained": self.warned_undertrained, "warned_noisy": self.warned_noisy,
                 "best": self.best.state_dict(), "leader": None if self.leader is None else self.leader.state_dict()}
 
     def load_state_dict(self, state: dict, rebuild: Callable[[Architecture, dict], nn.Module]) -> None:
@@ -260,7 +277,7 @@ class Referee:
 
         self.requirements.load_state_dict(state["requirements"])
         self.recoveries = [list(pair) for pair in state["recoveries"]]
-        self.warned_undertrained = state["warned_undertrained"]
+        self.warned_undertrained, self.warned_noisy = state["warned_undertrained"], state.get("warned_noisy", False)
         self.best = choice(state["best"])
         self.leader = None if state["leader"] is None else choice(state["leader"])
 

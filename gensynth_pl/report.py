@@ -100,6 +100,9 @@ def final_summary(record: SynthesisRecord) -> str:
             lines.append(f"  test split, {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(report.test.items())))
     if record.prototype_undertrained:
         lines.append("  warning: candidates beat the prototype by more than the allowed drop: it looks under-trained")
+    if record.noisy_metric:
+        lines.append("  warning: fine-tuning did not raise the candidates' metric: the gate judged epoch-to-epoch noise; "
+                     "a larger validation split would make it measure the networks")
     return "\n".join(lines)
 
 

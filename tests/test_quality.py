@@ -8,15 +8,16 @@ from torch import nn
 from gensynth_pl import Gate, Inquisitor, Schedule, SynthesisLoop
 from gensynth_pl.distillation import Distiller, soft_target_loss
 from gensynth_pl.models import cifar_resnet
+from gensynth_pl.report import final_summary
 from gensynth_pl.schedule import CYCLE, POLISH
 
 from conftest import TINY_SHAPE
 
 
-def make_loop(schedule: Schedule, **kwargs) -> SynthesisLoop:
+def make_loop(schedule: Schedule, gate: Gate | None = None, **kwargs) -> SynthesisLoop:
     settings = dict(inquisitor=Inquisitor(step=0.3), channel_multiple=1, log=lambda text: None, distill_weight=0.0)
     settings.update(kwargs)
-    return SynthesisLoop(Gate("val/acc", 0.02, relative=True), schedule, **settings)
+    return SynthesisLoop(gate or Gate("val/acc", 0.02, relative=True), schedule, **settings)
 
 
 @pytest.fixture
@@ -80,6 +81,25 @@ def test_candidates_beating_the_prototype_by_more_than_the_drop_flag_an_under_tr
     with pytest.warns(UserWarning, match="under-trained"):
         run_epochs(loop, prototype, [0.32, 0.60])
     assert loop.record.prototype_undertrained and loop.record.to_dict()["prototype_undertrained"]
+
+
+def test_candidates_whose_metric_falls_with_fine_tuning_flag_a_gate_that_judges_noise(prototype):
+    loop = make_loop(Schedule(1, 3, 2, 0.2), early_reject_margin=None)
+    loop.trace(prototype, TINY_SHAPE)
+    network = run_epochs(loop, prototype, [0.80, 0.79, 0.78])  # φ, then cycle 1 falls from its first epoch to its last
+    assert not loop.record.noisy_metric  # one candidate measures nothing yet
+    with pytest.warns(UserWarning, match="did not improve with fine-tuning"):
+        network = run_epochs(loop, network, [0.77, 0.75], start=3)
+    assert loop.record.noisy_metric and loop.record.to_dict()["noisy_metric"]
+    assert "judged epoch-to-epoch noise" in final_summary(loop.record)
+    assert len(loop.record.cycles) == 2 and loop.referee.measured_recovery() == pytest.approx(-0.015)
+
+
+def test_a_lower_is_better_gate_measures_recovery_toward_its_bound(prototype):
+    loop = make_loop(Schedule(1, 1, 2, 0.2), Gate("val/loss", 0.02, relative=True, higher_is_better=False))
+    loop.trace(prototype, TINY_SHAPE)
+    run_epochs(loop, prototype, [0.50, 0.70, 0.52])  # φ's loss 0.50 (bound 0.52), cycle 1: 0.70 then 0.52
+    assert loop.referee.measured_recovery() == pytest.approx(0.18) and not loop.record.noisy_metric
 
 
 def test_distillation_adds_exactly_the_gradient_of_the_weighted_soft_target_loss(prototype):
