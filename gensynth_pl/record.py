@@ -96,7 +96,7 @@ class SynthesisRecord:
     cycles: list[CycleEntry] = field(default_factory=list)
     polish: PolishEntry | None = None
     prototype_undertrained: bool = False  # accepted candidates beat φ by more than the allowed drop
-    noisy_metric: bool = False  # fine-tuning did not raise the candidates' metric: the gate judged noise
+    noisy_metric: bool = False  # fine-tuning improved no candidate's metric: the gate judged noise
 
     @property
     def any_candidate_passed(self) -> bool:

@@ -245,16 +245,17 @@ class Referee:
         return message
 
     def _noisy(self) -> str | None:
-        """Fine-tuning that does not raise the metric (the median rise over at least two candidates is not above
-        0): the metric moves more from epoch to epoch than training moves it, so the gate judges noise and early
-        rejection has no recovery to expect. Warns once (with what fixes it) and returns the warning."""
-        if self.warned_noisy or len(self.recoveries) < 2 or self.measured_recovery() > 0:
+        """Fine-tuning that improves no candidate's metric (two or more measured, none rising toward the bound from
+        its first epoch to its last): the metric moves more from epoch to epoch than training moves it, so the gate
+        judges noise and early rejection has no recovery to expect. Warns once (with what fixes it) and returns it."""
+        if self.warned_noisy or len(self.recoveries) < 2 or max(rise for rise, _ in self.recoveries) > 0:
             return None
         self.warned_noisy = True
-        message = (f"{len(self.recoveries)} candidates' {self.gate.monitor} did not improve with fine-tuning (median "
-                   f"change toward the bound {self.measured_recovery():+.4f}, first epoch to last): the metric moves more between "
-                   "epochs than training moves it, so the gate judges noise. Use a larger validation split, train the "
-                   "prototype longer (synthesis.prototype_epochs), or widen gate.threshold")
+        changes = ", ".join(f"{rise:+.4f}" for rise, _ in self.recoveries)
+        message = (f"none of {len(self.recoveries)} candidates' {self.gate.monitor} improved with fine-tuning (change "
+                   f"toward the bound, first epoch to last: {changes}): the metric moves more between epochs than training "
+                   "moves it, so the gate judges noise. Use a larger validation split, train the prototype longer "
+                   "(synthesis.prototype_epochs), or widen gate.threshold")
         if self.collective.is_main:
             warnings.warn(message)
         return message

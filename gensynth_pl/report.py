@@ -101,7 +101,7 @@ def final_summary(record: SynthesisRecord) -> str:
     if record.prototype_undertrained:
         lines.append("  warning: candidates beat the prototype by more than the allowed drop: it looks under-trained")
     if record.noisy_metric:
-        lines.append("  warning: fine-tuning did not raise the candidates' metric: the gate judged epoch-to-epoch noise; "
+        lines.append("  warning: fine-tuning improved no candidate's metric: the gate judged epoch-to-epoch noise; "
                      "a larger validation split would make it measure the networks")
     return "\n".join(lines)
 

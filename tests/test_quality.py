@@ -1,5 +1,7 @@
 """What makes each training epoch count: distillation from φ, judging candidates by what they will reach,
 early rejection that frees epochs, and the final polish with its fallback."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -88,11 +90,20 @@ def test_candidates_whose_metric_falls_with_fine_tuning_flag_a_gate_that_judges_
     loop.trace(prototype, TINY_SHAPE)
     network = run_epochs(loop, prototype, [0.80, 0.79, 0.78])  # φ, then cycle 1 falls from its first epoch to its last
     assert not loop.record.noisy_metric  # one candidate measures nothing yet
-    with pytest.warns(UserWarning, match="did not improve with fine-tuning"):
+    with pytest.warns(UserWarning, match="none of 2 candidates' val/acc improved with fine-tuning"):
         network = run_epochs(loop, network, [0.77, 0.75], start=3)
     assert loop.record.noisy_metric and loop.record.to_dict()["noisy_metric"]
     assert "judged epoch-to-epoch noise" in final_summary(loop.record)
     assert len(loop.record.cycles) == 2 and loop.referee.measured_recovery() == pytest.approx(-0.015)
+
+
+def test_one_candidate_that_improves_with_fine_tuning_keeps_the_noise_warning_silent(prototype):
+    loop = make_loop(Schedule(1, 3, 2, 0.2), early_reject_margin=None)
+    loop.trace(prototype, TINY_SHAPE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        run_epochs(loop, prototype, [0.80, 0.70, 0.71, 0.79, 0.76, 0.77, 0.75])  # +0.01, then two candidates fall
+    assert len(loop.record.cycles) == 3 and not loop.record.noisy_metric
 
 
 def test_a_lower_is_better_gate_measures_recovery_toward_its_bound(prototype):
