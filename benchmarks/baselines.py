@@ -116,3 +116,14 @@ def width_scaled(name: str, build_with_widths: Callable[[tuple[int, int, int]], 
         return build_with_widths(tuple(max(1, round(multiplier * width * k)) for k in (1, 2, 4)))
 
     return Contender(name, build, 0.05, 1.0)
+
+
+def reinitialised(network: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``network``'s architecture, freshly initialised (every layer's ``reset_parameters``, seeded) and in
+    training mode: what the search found, trained the way the from-scratch baselines are."""
+    fresh = copy.deepcopy(network).train()
+    torch.manual_seed(seed)
+    for module in fresh.modules():
+        if module is not fresh and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return fresh

@@ -21,12 +21,14 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from benchmarks.baselines import CHANNEL_PRUNING, Contender, channel_pruner, count_nonzero, match_macs, unstructured_pruning
+from benchmarks.baselines import (CHANNEL_PRUNING, Contender, channel_pruner, count_nonzero, match_macs, reinitialised,
+                                  unstructured_pruning)
 from benchmarks.tables import SEED_COLUMNS, comparison_columns, format_table, network_row, over_seeds, publish, write_json
 from benchmarks.timing import EpochPrinter, OverheadTimer, Stopwatch, machine
 from gensynth_pl import count_params
 from gensynth_pl.callbacks import GenerativeSynthesis
 from gensynth_pl.data.common import has_test_split
+from gensynth_pl.export import load_network
 from gensynth_pl.generator import Generator
 from gensynth_pl.cli import CONF_DIR
 from gensynth_pl.module import SynthesisModule
@@ -38,6 +40,7 @@ from gensynth_pl.timing import listening
 QUIET = ["logger=none", "callbacks=none", "trainer.enable_progress_bar=false", "trainer.enable_checkpointing=false",
          "trainer.enable_model_summary=false", "+trainer.num_sanity_val_steps=0", "synthesis.family.targets=[]"]
 PROTOTYPE_WEIGHTS = "prototype.pt"  # φ saved beside a comparison's JSON
+ANSWER_FROM_SCRATCH = "gensynth_scratch_kd"  # our answer's architecture, freshly initialised, trained as the baselines
 
 
 def parser(description: str, experiment: str | None, output: Path) -> argparse.ArgumentParser:
@@ -162,7 +165,9 @@ def compare(cfg: DictConfig, output_json: Path, from_scratch: list[Contender], l
     """Our best generated network against channel pruning (L1 as Torch-Pruning users run it, and random), networks
     trained from scratch at a matched width, and unstructured pruning, all at the generated network's MACs, from
     the same trained φ and with the same epochs after φ (from-scratch networks: φ's epochs too); L1 pruning and the
-    from-scratch networks also with the same distillation from φ, so the table shows what the search adds.
+    from-scratch networks also with the same distillation from φ, so the table shows what the search adds. Our
+    answer's own architecture is also trained from scratch with distillation (``gensynth_scratch_kd``): it separates
+    what the architecture is worth from what its inherited, fine-tuned weights reach.
 
     The JSON is rewritten after every row and φ's weights are saved beside it, so a long run that is interrupted
     keeps what it measured: ``resume`` (with the same settings) measures only the rows it lacks. A second
@@ -202,6 +207,12 @@ def compare(cfg: DictConfig, output_json: Path, from_scratch: list[Contender], l
             network, knob, _ = match_macs(contender.build, rows.input_shape, target, contender.low, contender.high, increasing=True)
             trained = train(network, cfg, scratch_epochs, teacher=teacher if distilled else None, label=method)
         rows.add(method, trained.module.net, trained.val, trained.test, watch.wall, width=knob, epochs=scratch_epochs)
+
+    if ANSWER_FROM_SCRATCH not in done:  # the search's architecture, trained as the from-scratch networks are
+        with Stopwatch() as watch:
+            answer = load_network(RunDirectory(cfg.output_dir).best, prototype=teacher)
+            trained = train(reinitialised(answer, cfg.seed), cfg, scratch_epochs, teacher=teacher, label=ANSWER_FROM_SCRATCH)
+        rows.add(ANSWER_FROM_SCRATCH, trained.module.net, trained.val, trained.test, watch.wall, epochs=scratch_epochs)
 
     if "modelpruning_l1" not in done:
         with Stopwatch() as watch:
@@ -271,7 +282,8 @@ def _scratch_methods(from_scratch: list[Contender]) -> list[tuple[str, Contender
 
 def comparison_methods(from_scratch: list[Contender]) -> list[str]:
     """The methods ``compare`` measures besides φ and ours, in its order."""
-    return [method for method, _, _ in (*_pruning_methods(), *_scratch_methods(from_scratch))] + ["modelpruning_l1"]
+    return [method for method, _, _ in (*_pruning_methods(), *_scratch_methods(from_scratch))] + [ANSWER_FROM_SCRATCH,
+                                                                                                  "modelpruning_l1"]
 
 
 def _resumed(cfg: DictConfig, output_json: Path, latency_repeats: int) -> ComparisonRows:

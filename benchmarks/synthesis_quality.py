@@ -3,8 +3,8 @@
 The settings are ``experiment=benchmark_cifar10_cpu`` (CIFAR-10 JPEGs, a 10,000-image training subset and a
 5,000-image validation carve-out, ResNet-20 trained 30 epochs, gate at most 1 point below φ) plus any
 train.py overrides. At the MACs of the best generated network and with the same fine-tuning epochs:
-uniform L1 channel pruning, random channel pruning, a width-scaled ResNet trained from scratch, and
-Lightning's unstructured ModelPruning at the same parameter count.
+uniform L1 channel pruning, random channel pruning, a width-scaled ResNet trained from scratch, our answer's own
+architecture trained from scratch, and Lightning's unstructured ModelPruning at the same parameter count.
 
     python -m benchmarks.synthesis_quality                                  # the full benchmark: about an hour
     python -m benchmarks.synthesis_quality data.train_subset=5000 synthesis.prototype_epochs=10 synthesis.cycles=3

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_scale, inference_speed, recovery, synthesis_overhead, synthesis_quality, task_runs
-from benchmarks.baselines import MAC_TOLERANCE
+from benchmarks.baselines import MAC_TOLERANCE, reinitialised
 from benchmarks.common import across_seeds
 from gensynth_pl import count_macs, netscore
 from gensynth_pl.models import cifar_resnet
@@ -36,7 +36,7 @@ def test_quality_compares_every_method_at_the_generated_networks_macs(quality):
     written = json.loads(output.read_text())
     rows = rows_by_method(written)
     assert list(rows) == ["prototype", "gensynth", "l1_pruning", "l1_pruning_kd", "random_pruning", "width_scaled",
-                          "width_scaled_kd", "modelpruning_l1"]
+                          "width_scaled_kd", "gensynth_scratch_kd", "modelpruning_l1"]
     ours = rows["gensynth"]
     assert ours["macs"] == written["target_macs"] == written["synthesis"]["best"]["macs"]
     assert ours["macs"] < rows["prototype"]["macs"]  # the gate accepts everything, so the synthesis compressed
@@ -53,6 +53,19 @@ def test_quality_compares_every_method_at_the_generated_networks_macs(quality):
     assert ours["test_acc"] == written["synthesis"]["best"]["test"]["acc"]
     assert rows["l1_pruning"]["epochs"] == ours["epochs"] == 3  # 2 cycles of 1 epoch + a 1-epoch polish
     assert rows["width_scaled"]["epochs"] == rows["prototype"]["epochs"] + ours["epochs"]
+    scratch = rows["gensynth_scratch_kd"]  # our architecture, freshly initialised, trained as the width-scaled network
+    assert (scratch["macs"], scratch["params"], scratch["epochs"]) == (ours["macs"], ours["params"], rows["width_scaled"]["epochs"])
+
+
+def test_reinitialised_keeps_the_architecture_and_draws_new_seeded_weights():
+    trained = cifar_resnet(depth=8, width=8, num_classes=4).eval()
+    first, again = reinitialised(trained, seed=3), reinitialised(trained, seed=3)
+    assert first.training and not trained.training
+    shapes = [p.shape for p in trained.parameters()]
+    assert [p.shape for p in first.parameters()] == shapes
+    convs = [(a, b) for a, b in zip(trained.parameters(), first.parameters()) if a.dim() == 4]
+    assert convs and not any(torch.equal(a, b) for a, b in convs)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
 
 
 def test_unstructured_pruning_keeps_the_dense_macs_at_the_generated_parameter_count(quality):
@@ -106,14 +119,14 @@ def test_inference_speed_measures_the_lineage_against_the_prototype(quality, tmp
 def test_resumed_quality_run_measures_only_the_rows_it_lacks(quality, tmp_path):
     output, result = quality
     shutil.copytree(output.with_suffix(""), tmp_path / "moved")
-    interrupted = {**json.loads(output.read_text()), "rows": result["rows"][:-2]}  # stopped after width_scaled
+    interrupted = {**json.loads(output.read_text()), "rows": result["rows"][:-3]}  # stopped after width_scaled
     (tmp_path / "moved.json").write_text(json.dumps(interrupted))
     with pytest.raises(ValueError, match="other settings"):
         synthesis_quality.main([*TINY, "gate.threshold=0.5", "--output", str(tmp_path / "moved.json"), "--resume"])
     resumed = synthesis_quality.main([*TINY, "--output", str(tmp_path / "moved.json"), "--resume"])
-    assert resumed["rows"][:-2] == result["rows"][:-2]  # kept as measured, not run again
-    assert [row["method"] for row in resumed["rows"][-2:]] == ["width_scaled_kd", "modelpruning_l1"]
-    for new, first in zip(resumed["rows"][-2:], result["rows"][-2:]):
+    assert resumed["rows"][:-3] == result["rows"][:-3]  # kept as measured, not run again
+    assert [row["method"] for row in resumed["rows"][-3:]] == ["width_scaled_kd", "gensynth_scratch_kd", "modelpruning_l1"]
+    for new, first in zip(resumed["rows"][-3:], result["rows"][-3:]):
         assert new["macs"] == first["macs"] and new["val_acc"] == pytest.approx(first["val_acc"], abs=0.05)
 
 
