@@ -246,10 +246,10 @@ class Referee:
 
     def _noisy(self) -> str | None:
         """Fine-tuning that improves no candidate's metric (two or more measured, none rising toward the bound from
-        its first epoch to its last, some falling): the metric moves more from epoch to epoch than training moves it, so the gate
+        its first epoch to its last, most falling): the metric moves more from epoch to epoch than training moves it, so the gate
         judges noise and early rejection has no recovery to expect. Warns once (with what fixes it) and returns it."""
         rises = [rise for rise, _ in self.recoveries]
-        if self.warned_noisy or len(rises) < 2 or max(rises) > 0 or min(rises) == 0:  # all flat: saturated, not noisy
+        if self.warned_noisy or len(rises) < 2 or max(rises) > 0 or statistics.median(rises) == 0:  # mostly flat: saturated
             return None
         self.warned_noisy = True
         changes = ", ".join(f"{rise:+.4f}" for rise, _ in self.recoveries)

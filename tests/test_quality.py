@@ -99,8 +99,8 @@ def test_candidates_whose_metric_falls_with_fine_tuning_flag_a_gate_that_judges_
 
 @pytest.mark.parametrize("metrics", [
     [0.80, 0.70, 0.71, 0.79, 0.76, 0.77, 0.75],  # one candidate improves (+0.01), then two fall
-    [1.00, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95],  # flat: a saturated metric does not move at all, it is not noise
-], ids=["one improves", "flat"])
+    [1.00, 0.95, 0.95, 0.95, 0.95, 0.95, 0.94],  # mostly flat: a saturated metric barely moves, it is not noise
+], ids=["one improves", "mostly flat"])
 def test_the_noise_warning_stays_silent_unless_fine_tuning_only_lowers_the_metric(prototype, metrics):
     loop = make_loop(Schedule(1, 3, 2, 0.2), early_reject_margin=None)
     loop.trace(prototype, TINY_SHAPE)
