@@ -22,7 +22,8 @@ def run_plug_in_example(directory: Path) -> dict:
     """Execute the README's plug-in example in ``directory``; its summary.json, after checking the run directory."""
     exec(compile(python_block_after("## Plug-in use"), "README-plug-in", "exec"), {})
     summary = json.loads((directory / "gensynth_run" / "summary.json").read_text())
-    assert len(summary["cycles"]) == 4 and summary["prototype"]["macs"] > 0
+    # its 4 cycles, or more when early rejection frees epochs for another (on the small data it depends on the draws)
+    assert len(summary["cycles"]) >= 4 and summary["prototype"]["macs"] > 0
     run = RunDirectory(directory / "gensynth_run")
     assert run.generator.is_file() and (run.best / WEIGHTS_FILE).is_file()
     return summary
