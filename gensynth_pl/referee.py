@@ -240,23 +240,27 @@ class Referee:
                 f"allowed drop {gate.threshold:g}: the prototype looks under-trained, so a gate relative to it is weak. "
                 "Train it longer (synthesis.prototype_epochs) or set an absolute gate (gate.relative=false "
                 "gate.threshold=...)")
-        if self.collective.is_main:
-            warnings.warn(message)
-        return message
+        return self._say(message)
 
     def _noisy(self) -> str | None:
         """Fine-tuning that improves no candidate's metric (two or more measured, none rising toward the bound from
-        its first epoch to its last, most falling): the metric moves more from epoch to epoch than training moves it, so the gate
-        judges noise and early rejection has no recovery to expect. Warns once (with what fixes it) and returns it."""
+        its first epoch to its last, most falling): the metric moves more from epoch to epoch than training moves
+        it, so the gate judges noise and early rejection has no recovery to expect. Warns once (with what fixes it)
+        and returns the warning."""
         rises = [rise for rise, _ in self.recoveries]
         if self.warned_noisy or len(rises) < 2 or max(rises) > 0 or statistics.median(rises) == 0:  # mostly flat: saturated
             return None
         self.warned_noisy = True
-        changes = ", ".join(f"{rise:+.4f}" for rise, _ in self.recoveries)
-        message = (f"none of {len(self.recoveries)} candidates' {self.gate.monitor} improved with fine-tuning (change "
-                   f"toward the bound, first epoch to last: {changes}): the metric moves more between epochs than training "
-                   "moves it, so the gate judges noise. Use a larger validation split, train the prototype longer "
-                   "(synthesis.prototype_epochs), or widen gate.threshold")
+        changes = ", ".join(f"{rise:+.4f}" for rise in rises)
+        return self._say(
+            f"none of {len(rises)} candidates' {self.gate.monitor} improved with fine-tuning (change toward the bound, "
+            f"first epoch to last: {changes}): the metric moves more between epochs than training moves it, so the gate "
+            "judges noise. Use a larger validation split, train the prototype longer (synthesis.prototype_epochs), or "
+            "widen gate.threshold"
+        )
+
+    def _say(self, message: str) -> str:
+        """A warning about the run's gate: raised once, by the main process, and returned for the run's log."""
         if self.collective.is_main:
             warnings.warn(message)
         return message
