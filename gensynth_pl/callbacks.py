@@ -52,7 +52,10 @@ class GenerativeSynthesis(Callback):
         min_channels: the fraction of each channel group every sample keeps.
         channel_multiple: sampled widths are rounded to multiples of this (at most a quarter of the group's
             width); 1 keeps exact widths.
-        finetune_lr_scale: candidates and the polish train at this fraction of φ's learning rate.
+        finetune_lr_scale: candidates (and the polish, unless ``polish_lr_scale`` is set) train at this fraction of
+            φ's learning rate.
+        polish_lr_scale: the polish's fraction of φ's learning rate; None: ``finetune_lr_scale``. At 1.0 the
+            polish retrains the answer at φ's rate (learning-rate rewinding), moving it further from φ's weights.
         polish_epochs: epochs that fine-tune the best candidate after the cycles (plus the epochs they left).
         recovery_allowance: intermediate candidates are accepted within this fraction of the recovery measured in
             this run (first epoch to last) below the bound; 0 judges them at the real bound.
@@ -127,9 +130,10 @@ class GenerativeSynthesis(Callback):
         progress_lines: bool | None = None,
         family: FamilySettings = FamilySettings(),
         first_cycle_epochs: int | None = None,
+        polish_lr_scale: float | None = None,
     ) -> None:
         self.schedule = Schedule(prototype_epochs, cycles, epochs_per_cycle, finetune_lr_scale, polish_epochs,
-                                 first_cycle_epochs)
+                                 first_cycle_epochs, polish_lr_scale)
         settings = SynthesisSettings(
             seed=seed, temperature=temperature, min_channels=min_channels, channel_multiple=channel_multiple,
             probe_batches=probe_batches, recovery_allowance=recovery_allowance, early_reject_margin=early_reject_margin,

@@ -55,24 +55,28 @@ class Schedule:
     ``prototype_epochs=0``: φ is trained already; its phase is one epoch at learning rate 0, which validates
     and probes it without changing its weights. ``first_cycle_epochs`` (None: ``epochs_per_cycle``) lets the first
     cycle train longer: with one-epoch cycles nothing else measures what a further epoch recovers, so the referee's
-    allowance would stay 0 (the epochs come out of the cycles' budget)."""
+    allowance would stay 0 (the epochs come out of the cycles' budget). ``polish_lr_scale`` (None:
+    ``finetune_lr_scale``) is the polish's own rate: it trains one network long enough to move further from φ's
+    weights than a candidate should."""
 
     def __init__(
         self, prototype_epochs: int, cycles: int, epochs_per_cycle: int, finetune_lr_scale: float, polish_epochs: int = 0,
-        first_cycle_epochs: int | None = None,
+        first_cycle_epochs: int | None = None, polish_lr_scale: float | None = None,
     ) -> None:
         for name, value, low in (("prototype_epochs", prototype_epochs, 0), ("cycles", cycles, 1),
                                  ("epochs_per_cycle", epochs_per_cycle, 1), ("polish_epochs", polish_epochs, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"synthesis.{name}={value!r} is invalid: it must be an integer >= {low}")
-        if not 0 < finetune_lr_scale <= 1:
-            raise ValueError(f"synthesis.finetune_lr_scale={finetune_lr_scale} must be in (0, 1]")
+        for name, value in (("finetune_lr_scale", finetune_lr_scale), ("polish_lr_scale", polish_lr_scale)):
+            if value is not None and not 0 < value <= 1:
+                raise ValueError(f"synthesis.{name}={value} must be in (0, 1]")
         if first_cycle_epochs is not None and not (isinstance(first_cycle_epochs, int) and first_cycle_epochs >= 1):
             raise ValueError(f"synthesis.first_cycle_epochs={first_cycle_epochs!r} must be an integer >= 1 (null: "
                              "epochs_per_cycle)")
         self.first_cycle_epochs = first_cycle_epochs or epochs_per_cycle
         self.prototype_epochs, self.cycles, self.epochs_per_cycle = prototype_epochs, cycles, epochs_per_cycle
         self.finetune_lr_scale, self.polish_epochs = finetune_lr_scale, polish_epochs
+        self.polish_lr_scale = finetune_lr_scale if polish_lr_scale is None else polish_lr_scale
         trained = prototype_epochs == 0
         self.phase: Phase | None = Phase(PROTOTYPE, 0, self.prototype_phase_epochs, 0.0 if trained else 1.0, start=0)
         self.cycle_epochs_used = 0
@@ -117,7 +121,7 @@ class Schedule:
             if left >= epochs:
                 self.phase = Phase(CYCLE, current.index + 1, epochs, self.finetune_lr_scale, start)
             elif can_polish and self.polish_epochs > 0:
-                self.phase = Phase(POLISH, current.index + 1, self.polish_epochs + left, self.finetune_lr_scale, start)
+                self.phase = Phase(POLISH, current.index + 1, self.polish_epochs + left, self.polish_lr_scale, start)
         return self.phase
 
     def remaining_epochs(self, epoch: int) -> int:

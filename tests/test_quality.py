@@ -207,3 +207,14 @@ def test_one_epoch_cycles_measure_the_recovery_in_a_longer_first_cycle(prototype
     assert [c.epochs for c in loop.record.cycles] == [2, 1] and loop.record.cycles[-1].reason.value == "allowed"
     with pytest.raises(ValueError, match="first_cycle_epochs=0"):
         Schedule(1, 4, 1, 0.2, first_cycle_epochs=0)
+
+
+def test_the_polish_trains_at_its_own_rate_and_cycles_at_the_fine_tuning_rate():
+    schedule = Schedule(1, 1, 1, 0.5, polish_epochs=2, polish_lr_scale=1.0)
+    cycle = schedule.advance(0)
+    polish = schedule.advance(cycle.last_epoch)
+    assert (cycle.kind.value, cycle.lr_scale) == ("cycle", 0.5)
+    assert (polish.kind.value, polish.lr_scale, polish.epochs) == ("polish", 1.0, 2)
+    assert Schedule(1, 1, 1, 0.5, polish_epochs=2).polish_lr_scale == 0.5  # unset: the fine-tuning rate
+    with pytest.raises(ValueError, match="polish_lr_scale=1.5"):
+        Schedule(1, 1, 1, 0.5, polish_lr_scale=1.5)
