@@ -67,16 +67,17 @@ class Schedule:
                                  ("epochs_per_cycle", epochs_per_cycle, 1), ("polish_epochs", polish_epochs, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"synthesis.{name}={value!r} is invalid: it must be an integer >= {low}")
-        for name, value in (("finetune_lr_scale", finetune_lr_scale), ("polish_lr_scale", polish_lr_scale)):
-            if value is not None and not 0 < value <= 1:
-                raise ValueError(f"synthesis.{name}={value} must be in (0, 1]")
+        polish_rate = finetune_lr_scale if polish_lr_scale is None else polish_lr_scale
+        for name, value in (("finetune_lr_scale", finetune_lr_scale), ("polish_lr_scale", polish_rate)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ValueError(f"synthesis.{name}={value!r} must be a number in (0, 1]")
         if first_cycle_epochs is not None and not (isinstance(first_cycle_epochs, int) and first_cycle_epochs >= 1):
             raise ValueError(f"synthesis.first_cycle_epochs={first_cycle_epochs!r} must be an integer >= 1 (null: "
                              "epochs_per_cycle)")
         self.first_cycle_epochs = first_cycle_epochs or epochs_per_cycle
         self.prototype_epochs, self.cycles, self.epochs_per_cycle = prototype_epochs, cycles, epochs_per_cycle
         self.finetune_lr_scale, self.polish_epochs = finetune_lr_scale, polish_epochs
-        self.polish_lr_scale = finetune_lr_scale if polish_lr_scale is None else polish_lr_scale
+        self.polish_lr_scale = polish_rate
         trained = prototype_epochs == 0
         self.phase: Phase | None = Phase(PROTOTYPE, 0, self.prototype_phase_epochs, 0.0 if trained else 1.0, start=0)
         self.cycle_epochs_used = 0

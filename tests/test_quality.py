@@ -218,3 +218,5 @@ def test_the_polish_trains_at_its_own_rate_and_cycles_at_the_fine_tuning_rate():
     assert Schedule(1, 1, 1, 0.5, polish_epochs=2).polish_lr_scale == 0.5  # unset: the fine-tuning rate
     with pytest.raises(ValueError, match="polish_lr_scale=1.5"):
         Schedule(1, 1, 1, 0.5, polish_lr_scale=1.5)
+    with pytest.raises(ValueError, match="finetune_lr_scale=None"):  # unset is the polish's choice only
+        Schedule(1, 1, 1, None)
