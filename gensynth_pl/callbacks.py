@@ -44,8 +44,8 @@ class GenerativeSynthesis(Callback):
             epoch.
         cycles: synthesis cycles; they share ``cycles`` x ``epochs_per_cycle`` epochs.
         epochs_per_cycle: the most epochs one candidate is fine-tuned (a candidate rejected early frees the rest).
-        prototype_epochs: epochs that train φ (0 with weights trained already: one epoch at rate 0 validates and
-            probes it).
+        prototype_epochs: epochs that train φ (0 with weights trained already: one epoch at rate 0, its
+            normalization layers in eval mode, validates and probes it without changing it).
         probe_batches: batches the inquisitor probes at the start of each phase's last epoch.
         seed: the sampling seed; each cycle's draw derives from it and the cycle number.
         temperature: sampling temperature of the keep-logits.
@@ -149,6 +149,7 @@ class GenerativeSynthesis(Callback):
         self.testing: str | None = None  # the network evaluate_test_split is testing ("prototype", "best")
         self.family = family  # the networks the run ends with (gensynth_pl.family.build_family, after fit)
         self._probe: Probe | None = None
+        self._held: list[nn.Module] = []  # normalization layers kept in eval mode through a trained φ's epoch
         self._restored = False
         self._resume_hook = None
 
@@ -211,6 +212,14 @@ class GenerativeSynthesis(Callback):
 
         return hook
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        phase = self.schedule.phase
+        if phase is not None and phase.lr_scale == 0:  # φ trained already: its batches must not move its statistics
+            self._held = [m for m in self._network(pl_module).modules()
+                          if getattr(m, "running_mean", None) is not None and m.training]
+            for layer in self._held:
+                layer.eval()
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if self.loop.graph is None:
             self.input_shape = self.input_shape or _input_shape(batch)
@@ -228,6 +237,9 @@ class GenerativeSynthesis(Callback):
             self._finish_probe()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for layer in self._held:  # train mode again before φ is copied into the generator
+            layer.train()
+        self._held = []
         if self._probe is not None:
             self._finish_probe()
         if self.schedule.phase is None:  # the run's phases are over (max_epochs allows more)

@@ -9,13 +9,15 @@ from torch import Tensor, nn
 
 @contextmanager
 def evaluating(module: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for one trace or measurement (batch-1 BatchNorm needs it), then the caller's mode back."""
-    was_training = module.training
+    """Eval mode for one trace or measurement (batch-1 BatchNorm needs it), then each submodule's own mode back
+    (a network may keep some layers in eval mode while it trains, e.g. frozen normalization)."""
+    modes = [(submodule, submodule.training) for submodule in module.modules()]
     module.eval()
     try:
         yield module
     finally:
-        module.train(was_training)
+        for submodule, training in modes:
+            submodule.training = training
 
 
 def output_tensors(outputs) -> list[Tensor]:

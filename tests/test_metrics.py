@@ -48,3 +48,12 @@ def test_netscore_and_information_density_follow_their_definitions():
     assert math.isclose(netscore(0.9, 250_000, 40_000_000), 20 * math.log10(8100 / (0.25**0.5 * 0.04**0.5)))
     assert math.isclose(information_density(0.9, 500_000), 180.0)
     assert netscore(0.0, 1000, 1000) == float("-inf")
+
+
+def test_counting_macs_gives_each_layer_its_own_mode_back():
+    """A network that trains with frozen normalization keeps it frozen after we measure it."""
+    network = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    network.train()
+    network[1].eval()
+    count_macs(network, (3, 8, 8))
+    assert [m.training for m in network] == [True, False, True, True, True] and network.training

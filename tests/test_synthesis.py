@@ -208,6 +208,21 @@ def test_cosine_schedule_restarts_for_every_generated_network_at_the_fine_tuning
     assert len(rates.per_epoch[2]) == len(rates.per_epoch[0])
 
 
+def test_a_trained_prototype_comes_through_its_rate_0_epoch_unchanged(tiny_resnet, tiny_data):
+    """prototype_epochs=0: φ's one epoch at rate 0 validates and probes it. Its batches must not re-estimate the
+    normalization statistics either, so the generator's φ and φ's score are those of the network given."""
+    quiet_trainer(2, []).fit(SynthesisModule(tiny_resnet, ClassificationTask(4)), datamodule=tiny_data)
+    given = {name: value.clone() for name, value in tiny_resnet.state_dict().items()}
+    (scores,) = quiet_trainer(1, []).validate(SynthesisModule(tiny_resnet, ClassificationTask(4)), datamodule=tiny_data,
+                                              verbose=False)
+    callback = tiny_callback(Gate("val/acc", 1.0, relative=True), prototype_epochs=0, cycles=1)
+    quiet_trainer(callback.total_epochs, [callback]).fit(SynthesisModule(tiny_resnet, ClassificationTask(4)),
+                                                        datamodule=tiny_data)
+    kept = callback.loop.generator.prototype.state_dict()
+    assert set(kept) == set(given) and all(torch.equal(kept[name], value) for name, value in given.items())
+    assert callback.record.prototype.metric == pytest.approx(scores["val/acc"])
+
+
 def test_a_log_without_a_terminal_gets_a_progress_line_per_epoch(tiny_resnet, tiny_data, capsys):
     module = SynthesisModule(tiny_resnet, ClassificationTask(4))
     callback = tiny_callback(Gate("val/acc", 1.0, relative=True))
