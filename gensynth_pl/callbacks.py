@@ -44,8 +44,8 @@ class GenerativeSynthesis(Callback):
             epoch.
         cycles: synthesis cycles; they share ``cycles`` x ``epochs_per_cycle`` epochs.
         epochs_per_cycle: the most epochs one candidate is fine-tuned (a candidate rejected early frees the rest).
-        prototype_epochs: epochs that train φ (0 with weights trained already: one epoch at rate 0, its
-            normalization layers in eval mode, validates and probes it without changing it).
+        prototype_epochs: epochs that train φ (0 with weights trained already: one epoch at rate 0 validates and
+            probes it; its running statistics are restored before it is validated, so nothing of it changes).
         probe_batches: batches the inquisitor probes at the start of each phase's last epoch.
         seed: the sampling seed; each cycle's draw derives from it and the cycle number.
         temperature: sampling temperature of the keep-logits.
@@ -149,7 +149,7 @@ class GenerativeSynthesis(Callback):
         self.testing: str | None = None  # the network evaluate_test_split is testing ("prototype", "best")
         self.family = family  # the networks the run ends with (gensynth_pl.family.build_family, after fit)
         self._probe: Probe | None = None
-        self._held: list[nn.Module] = []  # normalization layers kept in eval mode through a trained φ's epoch
+        self._given_buffers: dict[str, Tensor] | None = None  # a trained φ's running statistics, during its epoch
         self._restored = False
         self._resume_hook = None
 
@@ -214,11 +214,11 @@ class GenerativeSynthesis(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         phase = self.schedule.phase
-        if phase is not None and phase.lr_scale == 0:  # φ trained already: its batches must not move its statistics
-            self._held = [m for m in self._network(pl_module).modules()
-                          if getattr(m, "running_mean", None) is not None and m.training]
-            for layer in self._held:
-                layer.eval()
+        if phase is not None and phase.lr_scale == 0:  # φ trained already: its batches may not move its statistics
+            self._given_buffers = {name: b.clone() for name, b in self._network(pl_module).named_buffers()}
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_given_buffers(pl_module)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if self.loop.graph is None:
@@ -237,9 +237,8 @@ class GenerativeSynthesis(Callback):
             self._finish_probe()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for layer in self._held:  # train mode again before φ is copied into the generator
-            layer.train()
-        self._held = []
+        self._restore_given_buffers(pl_module)  # before φ is copied into the generator
+        self._given_buffers = None
         if self._probe is not None:
             self._finish_probe()
         if self.schedule.phase is None:  # the run's phases are over (max_epochs allows more)
@@ -287,6 +286,14 @@ class GenerativeSynthesis(Callback):
             raise RuntimeError("GenerativeSynthesis resumes only through trainer.fit(..., ckpt_path=...)")
 
     # --- helpers -----------------------------------------------------------------------------------
+    def _restore_given_buffers(self, pl_module: L.LightningModule) -> None:
+        """A trained φ's epoch at rate 0 trains in train mode, as φ's own last epoch did (its probe sees batch
+        statistics), but it is validated and kept with the running statistics it came with."""
+        if self._given_buffers is not None:
+            with torch.no_grad():
+                for name, buffer in self._network(pl_module).named_buffers():
+                    buffer.copy_(self._given_buffers[name])
+
     def _finish_probe(self) -> None:
         self.loop.observe(self._probe.detach())
         self._probe = None
