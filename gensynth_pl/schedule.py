@@ -53,9 +53,10 @@ class Schedule:
     each cycle fine-tuning its candidate for up to ``epochs_per_cycle`` epochs at ``finetune_lr_scale`` of φ's
     learning rate; the polish fine-tunes the best candidate for ``polish_epochs`` plus whatever the cycles left.
     ``prototype_epochs=0``: φ is trained already; its phase is one epoch at learning rate 0 (the callback restores
-    its running statistics after the batches), which validates and probes it without changing it. ``first_cycle_epochs`` (None: ``epochs_per_cycle``) lets the first
-    cycle train longer: with one-epoch cycles nothing else measures what a further epoch recovers, so the referee's
-    allowance would stay 0 (the epochs come out of the cycles' budget). ``polish_lr_scale`` (None:
+    its running statistics after the batches), which validates and probes it without changing it.
+    ``first_cycle_epochs`` (None: ``epochs_per_cycle``) lets the first cycle train longer: with one-epoch cycles
+    nothing else measures what a further epoch recovers, so the referee's allowance would stay 0 (the epochs come
+    out of the cycles' budget). ``polish_lr_scale`` (None:
     ``finetune_lr_scale``) is the polish's own rate: it trains one network long enough to move further from φ's
     weights than a candidate should."""
 
