@@ -56,9 +56,8 @@ class Schedule:
     its running statistics after the batches), which validates and probes it without changing it.
     ``first_cycle_epochs`` (None: ``epochs_per_cycle``) lets the first cycle train longer: with one-epoch cycles
     nothing else measures what a further epoch recovers, so the referee's allowance would stay 0 (the epochs come
-    out of the cycles' budget). ``polish_lr_scale`` (None:
-    ``finetune_lr_scale``) is the polish's own rate: it trains one network long enough to move further from φ's
-    weights than a candidate should."""
+    out of the cycles' budget). ``polish_lr_scale`` (None: ``finetune_lr_scale``) is the polish's own rate: it
+    trains one network long enough to move further from φ's weights than a candidate should."""
 
     def __init__(
         self, prototype_epochs: int, cycles: int, epochs_per_cycle: int, finetune_lr_scale: float, polish_epochs: int = 0,
